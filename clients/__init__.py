@@ -1,0 +1,1 @@
+"""Streamers, uploader and Python client for the detection service (no torch)."""

@@ -1,0 +1,1 @@
+"""Export of trained models to ONNX bundles, quantization and TensorRT engines."""

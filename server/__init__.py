@@ -1,0 +1,1 @@
+"""The FastAPI detection service (no torch)."""

@@ -1,0 +1,254 @@
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core.clip import (
+    ClipSpec,
+    ClipSpecError,
+    DepthPreprocessor,
+    TimestampError,
+    TimestampResampler,
+    clip_source_span,
+    frame_timestamps_us,
+    num_clips,
+    preprocess_depth,
+    resample_indices,
+    window_starts,
+)
+
+# --- ClipSpec --------------------------------------------------------------------------------
+
+
+def test_defaults_are_the_papers_timing():
+    spec = ClipSpec()
+    assert (spec.source_fps, spec.downsample, spec.clip_len, spec.clip_step) == (30.0, 3, 10, 10)
+    assert (spec.window, spec.window_step) == (10, 5)
+    assert spec.kept_fps == 10.0
+    assert spec.clip_seconds == 1.0
+
+
+def test_json_round_trip():
+    spec = ClipSpec(height=96, width=128, mean=0.31, std=0.17, depth_max_mm=6000)
+    text = spec.to_json()
+    assert ClipSpec.from_json(text) == spec
+    assert json.loads(text)["height"] == 96
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("downsample", 0, "downsample must be >= 1"),
+        ("clip_len", 2.5, "clip_len must be an integer"),
+        ("height", 0, "height must be in"),
+        ("std", 0.0, "std must be positive"),
+        ("mean", float("nan"), "mean must be finite"),
+        ("source_fps", "30", "source_fps must be a number"),
+        ("window", True, "window must be an integer"),
+        ("depth_min_mm", 0, r"depth_min_mm must be in \[1, "),
+    ],
+)
+def test_invalid_fields_say_which(field, value, message):
+    with pytest.raises(ClipSpecError, match=message):
+        ClipSpec(**{field: value})
+
+
+def test_depth_range_must_be_ordered():
+    with pytest.raises(ClipSpecError, match=r"depth_min_mm .* must be below"):
+        ClipSpec(depth_min_mm=3000, depth_max_mm=3000)
+
+
+def test_unknown_and_malformed_json_rejected():
+    with pytest.raises(ClipSpecError, match="unknown clip spec field"):
+        ClipSpec.from_dict({"height": 10, "colour": 3})
+    with pytest.raises(ClipSpecError, match="not valid JSON"):
+        ClipSpec.from_json("{height: 3")
+    with pytest.raises(ClipSpecError, match="must be a JSON object"):
+        ClipSpec.from_json("[1, 2]")
+
+
+# --- preprocessing ---------------------------------------------------------------------------
+
+
+def reference_preprocess(frame: np.ndarray, spec: ClipSpec) -> np.ndarray:
+    """Per-pixel loops: each output pixel is the minimum valid depth of its block (or nearest)."""
+    h, w = frame.shape
+    out = np.zeros((spec.height, spec.width), np.float32)
+
+    def span(i, n_in, n_out):
+        if n_out <= n_in:
+            return range(i * n_in // n_out, (i + 1) * n_in // n_out)
+        return [min(int((i + 0.5) * n_in / n_out), n_in - 1)]
+
+    for y in range(spec.height):
+        for x in range(spec.width):
+            vals = [
+                int(frame[r, c])
+                for r in span(y, h, spec.height)
+                for c in span(x, w, spec.width)
+                if spec.depth_min_mm <= frame[r, c] <= spec.depth_max_mm
+            ]
+            unit = min(vals) / spec.depth_max_mm if vals else 0.0
+            out[y, x] = (unit - spec.mean) / spec.std
+    return out
+
+
+@pytest.mark.parametrize("in_shape", [(48, 64), (37, 50), (12, 9), (16, 16)])
+def test_preprocess_matches_per_pixel_reference(in_shape):
+    rng = np.random.default_rng(0)
+    spec = ClipSpec(height=16, width=16, depth_min_mm=400, depth_max_mm=5000, mean=0.3, std=0.2)
+    frame = rng.integers(0, 6000, size=in_shape).astype(np.uint16)
+    frame[rng.random(in_shape) < 0.3] = 0
+    got = preprocess_depth(frame, spec)
+    assert got.dtype == np.float32 and got.shape == (16, 16)
+    np.testing.assert_allclose(got, reference_preprocess(frame, spec), rtol=1e-6, atol=1e-6)
+
+
+def test_holes_never_average_into_depth():
+    spec = ClipSpec(height=1, width=1, depth_min_mm=500, depth_max_mm=4000)
+    block = np.array([[0, 2000], [0, 0]], np.uint16)  # three holes, one valid 2 m pixel
+    assert preprocess_depth(block, spec)[0, 0] == pytest.approx(2000 / 4000)
+    all_holes = np.zeros((2, 2), np.uint16)
+    assert preprocess_depth(all_holes, spec)[0, 0] == 0.0
+
+
+def test_out_of_range_is_invalid_not_clamped():
+    spec = ClipSpec(height=1, width=3, depth_min_mm=500, depth_max_mm=4000)
+    row = np.array([[100, 4001, 3000]], np.uint16)
+    np.testing.assert_allclose(preprocess_depth(row, spec)[0], [0.0, 0.0, 0.75])
+
+
+def test_batched_frames_keep_leading_dims():
+    spec = ClipSpec(height=8, width=8)
+    frames = np.full((2, 5, 24, 32), 1500, np.uint16)
+    out = DepthPreprocessor(spec, 24, 32)(frames)
+    assert out.shape == (2, 5, 8, 8)
+    np.testing.assert_allclose(out, 1500 / spec.depth_max_mm)
+
+
+def test_preprocess_rejects_wrong_dtype_and_size():
+    spec = ClipSpec(height=8, width=8)
+    pre = DepthPreprocessor(spec, 24, 32)
+    with pytest.raises(ValueError, match="must be uint16"):
+        pre(np.zeros((24, 32), np.float32))
+    with pytest.raises(ValueError, match=r"must end in shape \(24, 32\)"):
+        pre(np.zeros((24, 30), np.uint16))
+
+
+def test_to_millimetres_keeps_nearest_valid_depth():
+    spec = ClipSpec(height=1, width=2, depth_min_mm=500, depth_max_mm=4000)
+    frame = np.array([[0, 900, 4500, 0]], np.uint16).repeat(2, axis=0)
+    mm = DepthPreprocessor(spec, 2, 4).to_millimetres(frame)
+    assert mm.dtype == np.uint16
+    np.testing.assert_array_equal(mm, [[900, 0]])
+
+
+# --- resampling ------------------------------------------------------------------------------
+
+
+def stream_indices(timestamps, rate):
+    resampler = TimestampResampler(rate)
+    kept = []
+    for i, t in enumerate(timestamps):
+        for tick, frame in resampler.push(int(t), i):
+            assert tick == len(kept)
+            kept.append(frame)
+    return np.array(kept, dtype=np.intp)
+
+
+def test_constant_rate_keeps_every_third_frame():
+    ts = frame_timestamps_us(30, 30.0)
+    np.testing.assert_array_equal(resample_indices(ts, 10.0), np.arange(0, 30, 3))
+    np.testing.assert_array_equal(stream_indices(ts, 10.0), np.arange(0, 30, 3))
+
+
+@pytest.mark.parametrize("fps", [15, 60, 90])
+def test_other_camera_rates_give_the_same_clock(fps):
+    ts = frame_timestamps_us(fps * 2, fps)  # two seconds
+    kept = resample_indices(ts, 10.0)
+    np.testing.assert_allclose(ts[kept], np.arange(len(kept)) * 100_000, atol=1e6 / fps / 2)
+    assert len(kept) == 20
+
+
+def test_dropped_frames_repeat_the_nearest_one():
+    ts = np.array([0, 33_333, 66_667, 300_000, 333_333])  # frames 100-266 ms dropped
+    # ticks at 0, 100, 200, 300 ms: 100 ms is nearest to 66.7 ms, 200 ms to 300 ms.
+    np.testing.assert_array_equal(resample_indices(ts, 10.0), [0, 2, 3, 3])
+    np.testing.assert_array_equal(stream_indices(ts, 10.0), [0, 2, 3, 3])
+
+
+def test_ties_go_to_the_earlier_frame():
+    ts = np.array([0, 50_000, 150_000])  # tick 100 ms is 50 ms from both neighbours
+    np.testing.assert_array_equal(resample_indices(ts, 10.0), [0, 1])
+    np.testing.assert_array_equal(stream_indices(ts, 10.0), [0, 1])
+
+
+def test_non_monotonic_timestamps_are_an_error():
+    resampler = TimestampResampler(10.0)
+    resampler.push(1000, "a")
+    with pytest.raises(TimestampError, match="timestamps must increase: 1000 µs after 1000"):
+        resampler.push(1000, "b")
+    with pytest.raises(TimestampError, match="frame 2 at 5 µs after 10 µs"):
+        resample_indices(np.array([0, 10, 5]), 10.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    gaps=st.lists(st.integers(min_value=1, max_value=400_000), min_size=0, max_size=80),
+    start=st.integers(min_value=0, max_value=10**12),
+    rate=st.sampled_from([5.0, 10.0, 15.0, 30.0, 7.5]),
+)
+def test_streaming_resampler_equals_offline(gaps, start, rate):
+    ts = start + np.concatenate([[0], np.cumsum(gaps)]).astype(np.int64)
+    offline = resample_indices(ts, rate)
+    np.testing.assert_array_equal(stream_indices(ts, rate), offline)
+    # Every tick took the nearest frame.
+    period = 1e6 / rate
+    ticks = ts[0] + np.round(np.arange(len(offline)) * period)
+    nearest = np.abs(ts[None, :] - ticks[:, None]).min(axis=1)
+    np.testing.assert_array_equal(np.abs(ts[offline] - ticks), nearest)
+
+
+# --- index math ------------------------------------------------------------------------------
+
+
+def test_num_clips_and_source_span():
+    spec = ClipSpec()
+    assert num_clips(9, spec) == 0
+    assert num_clips(10, spec) == 1
+    assert num_clips(29, spec) == 2
+    assert num_clips(30, spec) == 3
+    assert clip_source_span(spec, 0) == (0, 29)
+    assert clip_source_span(spec, 2) == (60, 89)
+    overlapping = ClipSpec(clip_step=5)
+    starts, ends = clip_source_span(overlapping, np.arange(3))
+    np.testing.assert_array_equal(starts, [0, 15, 30])
+    np.testing.assert_array_equal(ends, [29, 44, 59])
+
+
+@pytest.mark.parametrize(
+    ("n_clips", "expected"),
+    [(0, []), (3, [0]), (10, [0]), (11, [0, 1]), (15, [0, 5]), (17, [0, 5, 7]), (20, [0, 5, 10])],
+)
+def test_window_starts(n_clips, expected):
+    np.testing.assert_array_equal(window_starts(n_clips, 10, 5), expected)
+
+
+def test_window_step_longer_than_window_rejected():
+    with pytest.raises(ClipSpecError, match=r"window_step .* must not exceed window"):
+        ClipSpec(window=4, window_step=5)
+    with pytest.raises(ValueError, match="need 1 <= step <= window"):
+        window_starts(10, 4, 5)
+
+
+@given(n=st.integers(1, 300), window=st.integers(1, 20), data=st.data())
+def test_windows_cover_every_clip_and_stay_inside(n, window, data):
+    step = data.draw(st.integers(1, window))
+    starts = window_starts(n, window, step)
+    covered = np.zeros(n, bool)
+    for s in starts:
+        assert s >= 0 and (s + window <= n or n < window)
+        covered[s : s + window] = True
+    assert covered.all()

@@ -1,0 +1,1 @@
+"""Training with graph distillation (torch): readers, prep cache, networks, trainer, CLIs."""
