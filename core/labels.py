@@ -3,8 +3,9 @@
 This is the PKU-MMD label format (`label/<video>.txt`), used for ground truth and for
 detections alike: `label` is a class id 1..L, `start` and `end` are frames (30 fps in
 PKU-MMD), `confidence` a score (PKU-MMD's ground truth has a 4th column too; it is never used
-for matching). Fields are separated by commas and/or whitespace, as the official evaluation
-script splits them; blank lines, trailing spaces, CRLF line ends and a UTF-8 BOM are tolerated.
+for matching). Fields are separated by commas (spaces around them allowed) or by whitespace, as
+the official evaluation script splits them, but an empty field is an error; blank lines,
+trailing spaces, CRLF line ends and a UTF-8 BOM are tolerated.
 
 In memory a file is a float64 array `[N, 4]` (columns `LABEL, START, END, CONFIDENCE`); a
 3-column line gets confidence 1.0.
