@@ -13,12 +13,12 @@ In memory a file is a float64 array `[N, 4]` (columns `LABEL, START, END, CONFID
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from core.files import atomic_write_bytes
 
 LABEL, START, END, CONFIDENCE = range(4)
 SUFFIX = ".txt"
@@ -128,13 +128,4 @@ def write_label_file(path: str | os.PathLike, rows: np.ndarray) -> None:
     if problem:
         raise LabelFormatError(path, None, f"row {problem[0]}: {problem[1]}")
     lines = [",".join(format_number(x) for x in row) + "\n" for row in rows.tolist()]
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(lines)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, "".join(lines).encode("utf-8"))

@@ -20,7 +20,6 @@ run never leaves a truncated file that looks complete; parent folders are create
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -31,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from core.files import atomic_output, atomic_write_bytes
 from core.labels import write_label_file
 
 NUM_JOINTS = 25
@@ -140,7 +140,7 @@ def write_ntu_skeleton(
 ) -> None:
     """Writes `format_ntu_skeleton(...)` to `path` atomically."""
     text = format_ntu_skeleton(joints, tracked, depth_xy, color_xy, body_ids)
-    _write_atomic(Path(path), text.encode("ascii"))
+    atomic_write_bytes(Path(path), text.encode("ascii"))
 
 
 def _lean(joints: np.ndarray) -> np.ndarray:
@@ -178,7 +178,7 @@ def write_pku_split(path: str | os.PathLike, train: Sequence[str], test: Sequenc
     for name in (*train, *test):
         if not PKU_VIDEO_NAME.fullmatch(name):
             raise ValueError(f"{path}: {name!r} is not a PKU-MMD video name NNNN-V")
-    _write_atomic(Path(path), format_pku_split(train, test).encode("ascii"))
+    atomic_write_bytes(Path(path), format_pku_split(train, test).encode("ascii"))
 
 
 def pku_label_rows(segments: Sequence[tuple[int, int, int]], confidence: int) -> np.ndarray:
@@ -212,23 +212,15 @@ def write_avi(path: str | os.PathLike, rgb: np.ndarray, fps: float = FPS) -> Non
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8 or rgb.ndim != 4 or rgb.shape[-1] != 3 or len(rgb) == 0:
         raise ValueError(f"rgb must be uint8 [T>0, H, W, 3], got {rgb.dtype} {rgb.shape}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # OpenCV picks the container from the suffix, so the temporary name ends in .avi too.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".avi")
-    os.close(fd)
-    try:
+    with atomic_output(path, suffix=".avi") as tmp:
         height, width = rgb.shape[1:3]
-        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
         if not writer.isOpened():
             raise OSError(f"{path}: OpenCV cannot open an MJPG video writer")
         for frame in rgb:
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         writer.release()
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 # ---------------------------------------------------------------- whole samples
@@ -262,7 +254,7 @@ def write_ntu_sample(
         write_avi(root / NTU_RGB_DIR / f"{name}{NTU_RGB_SUFFIX}", rgb, fps)
     # Last, so that a sample with a skeleton file has all its other modalities.
     skeleton_path = root / NTU_SKELETON_DIR / f"{name}{NTU_SKELETON_SUFFIX}"
-    _write_atomic(skeleton_path, skeleton.encode("ascii"))
+    atomic_write_bytes(skeleton_path, skeleton.encode("ascii"))
 
 
 def write_pku_video(
@@ -285,7 +277,7 @@ def write_pku_video(
     root = Path(root)
     labels = pku_label_rows(segments, confidence)
     skeleton = format_pku_skeleton(joints, tracked)
-    _write_atomic(root / PKU_SKELETON_DIR / f"{video}.txt", skeleton.encode("ascii"))
+    atomic_write_bytes(root / PKU_SKELETON_DIR / f"{video}.txt", skeleton.encode("ascii"))
     if depth is not None:
         write_depth_pngs(root / PKU_DEPTH_DIR / video, depth, PKU_DEPTH_PATTERN)
     if rgb is not None:
@@ -335,19 +327,6 @@ def _check_bodies(
             raise ValueError(f"{key} must be finite")
         pixels.append(xy)
     return joints, tracked, pixels[0], pixels[1]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _write_dir_atomic(folder: Path, fill: Callable[[Path], None]) -> None:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from core.files import atomic_output, atomic_write_text
 
 FORMAT_VERSION = 1
 IMAGE_MODALITIES = ("depth", "rgb", "flow")
@@ -42,29 +43,9 @@ class CacheError(ValueError):
     """The cache is missing, incomplete or inconsistent."""
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` so that readers see the old file or the new one, never a torn one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path, suffix=".npy") as tmp:
+        np.save(tmp, array)
 
 
 # --- writing -------------------------------------------------------------------------------

@@ -26,13 +26,13 @@ import numpy as np
 from tqdm import tqdm
 
 from core.clip import ClipSpec, DepthPreprocessor, TimestampResampler
+from core.files import atomic_write_text
 from training import skeleton_features
 from training.cache import (
     MODALITIES,
     SKELETON_MODALITIES,
     CacheError,
     CacheWriter,
-    atomic_write_text,
 )
 from training.datasets import NTUDataset, PKUMMDDataset
 from training.datasets.media import depth_frame_paths, iter_video_frames

@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from training.cache import Cache, CacheError, CacheWriter, atomic_write_text
+from core.files import atomic_write_text
+from training.cache import Cache, CacheError, CacheWriter
 
 
 def make_samples(rng):

@@ -1,0 +1,226 @@
+"""The model bundle: what `gd-export` writes and the server runs (design.md §8).
+
+```
+<bundle>/model.json            format_version, name, version, classes (0 = background),
+                               clip (ClipSpec), feature_dim, postprocess, sequence, files
+                               {key: {path, sha256}}, training provenance, metrics
+<bundle>/visual_encoder.onnx   float32[B, T_c, H, W]  -> float32[B, D]
+<bundle>/sequence_encoder.onnx float32[B, T_w, D]     -> float32[B, T_w, L+1] probabilities
+<bundle>/engines/              optional TensorRT plans, one folder per GPU + TensorRT version
+```
+
+`load_bundle` checks everything numpy can: the schema, the clip spec, that every listed file
+exists with its recorded sha256. Encoder input/output shapes are read by whoever opens the
+ONNX files (ONNX Runtime in the server, onnx in export) and checked here by
+`check_encoder_shapes`, so the rules live in one place. Every error says which part is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.clip import ClipSpec, ClipSpecError
+from core.files import atomic_write_text
+
+FORMAT_VERSION = 1
+MODEL_JSON = "model.json"
+REQUIRED_FILES = ("visual_encoder", "sequence_encoder")
+Dim = int | str | None  # a static size, or a dynamic axis (its name, or None)
+
+
+class BundleError(ValueError):
+    """A model bundle is missing, malformed, or does not match its own description."""
+
+
+@dataclass(frozen=True)
+class FileRef:
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    root: Path
+    name: str
+    version: str
+    classes: tuple[str, ...]  # index 0 = background
+    clip: ClipSpec
+    feature_dim: int
+    activity_threshold: float
+    causal: bool  # the sequence encoder sees only past clips (strict streaming)
+    files: dict[str, FileRef]
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        """L, the action classes (background excluded)."""
+        return len(self.classes) - 1
+
+    def path(self, key: str) -> Path:
+        if key not in self.files:
+            raise BundleError(f"{self.root}: bundle has no file {key!r}")
+        return self.root / self.files[key].path
+
+    def to_dict(self) -> dict[str, Any]:
+        """model.json's content."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "version": self.version,
+            "classes": list(self.classes),
+            "clip": self.clip.to_dict(),
+            "feature_dim": self.feature_dim,
+            "postprocess": {"activity_threshold": self.activity_threshold},
+            "sequence": {"causal": self.causal},
+            "files": {k: {"path": f.path, "sha256": f.sha256} for k, f in self.files.items()},
+            "training": self.training,
+            "metrics": self.metrics,
+        }
+
+    def card(self) -> dict[str, Any]:
+        """The model card the API shows: everything but file paths."""
+        card = self.to_dict()
+        card["files"] = {k: {"sha256": f.sha256} for k, f in self.files.items()}
+        return card
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_bundle_json(bundle: ModelBundle) -> None:
+    """Write `model.json` atomically (the encoders must already be in place)."""
+    atomic_write_text(bundle.root / MODEL_JSON, json.dumps(bundle.to_dict(), indent=2) + "\n")
+
+
+def load_bundle(root: str | Path, verify_hashes: bool = True) -> ModelBundle:
+    """Read and check `root/model.json` and the files it lists."""
+    root = Path(root)
+    meta_path = root / MODEL_JSON
+    if not meta_path.is_file():
+        raise BundleError(f"{root}: not a model bundle (no {MODEL_JSON})")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{meta_path}: not valid JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise BundleError(f"{meta_path}: must hold a JSON object")
+    where = str(meta_path)
+    version = _get(meta, "format_version", int, where)
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{where}: format_version {version} is not supported (this server reads "
+            f"{FORMAT_VERSION}); export the model again"
+        )
+    classes = _get(meta, "classes", list, where)
+    if len(classes) < 2 or not all(isinstance(c, str) and c for c in classes):
+        raise BundleError(f"{where}: classes must be >= 2 non-empty names, 0 = background")
+    if len(set(classes)) != len(classes):
+        raise BundleError(f"{where}: classes has duplicate names")
+    try:
+        clip = ClipSpec.from_dict(_get(meta, "clip", dict, where))
+    except ClipSpecError as e:
+        raise BundleError(f"{where}: clip: {e}") from e
+    feature_dim = _get(meta, "feature_dim", int, where)
+    if feature_dim < 1:
+        raise BundleError(f"{where}: feature_dim must be positive, got {feature_dim}")
+    post = _get(meta, "postprocess", dict, where)
+    threshold = _get(post, "activity_threshold", float, f"{where}: postprocess")
+    if not 0.0 <= threshold <= 1.0:
+        raise BundleError(f"{where}: postprocess.activity_threshold must be in [0, 1]")
+    causal = _get(meta.get("sequence", {"causal": False}), "causal", bool, f"{where}: sequence")
+    files = {}
+    for key, ref in _get(meta, "files", dict, where).items():
+        if not isinstance(ref, dict):
+            raise BundleError(f"{where}: files.{key} must be an object with path and sha256")
+        path = _get(ref, "path", str, f"{where}: files.{key}")
+        if Path(path).is_absolute() or ".." in Path(path).parts:
+            raise BundleError(f"{where}: files.{key}.path must stay inside the bundle: {path}")
+        files[key] = FileRef(path, _get(ref, "sha256", str, f"{where}: files.{key}"))
+    missing = [k for k in REQUIRED_FILES if k not in files]
+    if missing:
+        raise BundleError(f"{where}: files lacks {', '.join(missing)}")
+    bundle = ModelBundle(
+        root=root,
+        name=_get(meta, "name", str, where),
+        version=_get(meta, "version", str, where),
+        classes=tuple(classes),
+        clip=clip,
+        feature_dim=feature_dim,
+        activity_threshold=float(threshold),
+        causal=causal,
+        files=files,
+        training=meta.get("training", {}),
+        metrics=meta.get("metrics", {}),
+    )
+    for key, ref in files.items():
+        path = root / ref.path
+        if not path.is_file():
+            raise BundleError(f"{root}: {key} file {ref.path} is missing")
+        if verify_hashes and sha256_file(path) != ref.sha256:
+            raise BundleError(
+                f"{root}: {key} file {ref.path} does not match its sha256 in {MODEL_JSON} "
+                "(corrupt or replaced; export the bundle again)"
+            )
+    return bundle
+
+
+def _get(obj: dict, key: str, kind: type, where: str) -> Any:
+    if key not in obj:
+        raise BundleError(f"{where}: missing {key!r}")
+    value = obj[key]
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok:
+        raise BundleError(f"{where}: {key!r} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def expected_shapes(bundle: ModelBundle, key: str) -> tuple[list[Dim], list[Dim]]:
+    """(input, output) shapes an encoder must have; None = any size (the batch, and the
+    sequence encoder's time axis, which is shorter than T_w for videos under one window)."""
+    spec, d = bundle.clip, bundle.feature_dim
+    if key == "visual_encoder":
+        return [None, spec.clip_len, spec.height, spec.width], [None, d]
+    if key == "sequence_encoder":
+        return [None, None, d], [None, None, bundle.num_classes + 1]
+    raise BundleError(f"no shape rule for {key!r}")
+
+
+def check_encoder_shapes(
+    bundle: ModelBundle, key: str, input_shape: Sequence[Dim], output_shape: Sequence[Dim]
+) -> None:
+    """Raise `BundleError` naming the encoder, the tensor and the axis that do not match.
+
+    A static size in the file where the rule wants a dynamic axis is accepted only where the
+    rule allows it (never for the batch axis: the server batches clips across streams).
+    """
+    want_in, want_out = expected_shapes(bundle, key)
+    for tensor, got, want in (("input", input_shape, want_in), ("output", output_shape, want_out)):
+        if len(got) != len(want):
+            raise BundleError(
+                f"{bundle.root}: {key} {tensor} has {len(got)} axes {list(got)}, "
+                f"want {len(want)} {want}"
+            )
+        for axis, (g, w) in enumerate(zip(got, want, strict=True)):
+            if axis == 0 and isinstance(g, int):
+                raise BundleError(
+                    f"{bundle.root}: {key} {tensor} has a fixed batch size {g}; "
+                    "export it with a dynamic batch axis"
+                )
+            if w is not None and isinstance(g, int) and g != w:
+                raise BundleError(
+                    f"{bundle.root}: {key} {tensor} axis {axis} is {g}, the bundle says {w} "
+                    f"(shape {list(got)}, want {want})"
+                )

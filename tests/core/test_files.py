@@ -1,0 +1,22 @@
+import pytest
+
+from core.files import atomic_output, atomic_write_bytes, atomic_write_text
+
+
+def test_writes_and_replaces(tmp_path):
+    path = tmp_path / "sub" / "a.txt"
+    atomic_write_text(path, "one")
+    atomic_write_bytes(path, b"two")
+    assert path.read_text() == "two"
+    assert [p.name for p in path.parent.iterdir()] == ["a.txt"]
+
+
+def test_failure_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "a.npy"
+    path.write_text("old")
+    with pytest.raises(RuntimeError), atomic_output(path, suffix=".npy") as tmp:
+        assert tmp.suffix == ".npy" and tmp.parent == tmp_path
+        tmp.write_text("half")
+        raise RuntimeError("writer died")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.npy"]
