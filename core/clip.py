@@ -321,6 +321,21 @@ def clip_source_span(spec: ClipSpec, c: int | np.ndarray) -> tuple[Any, Any]:
     return start, end
 
 
+def video_clips(kept_frames: np.ndarray, spec: ClipSpec) -> np.ndarray:
+    """All clips of a video on the clip grid: `[n_kept, ...]` -> `[n_clips, clip_len, ...]`.
+
+    A read-only strided view (no copy); clip `c` is kept frames
+    `[c*clip_step, c*clip_step + clip_len)`.
+    """
+    frames = np.asarray(kept_frames)
+    n = num_clips(len(frames), spec)
+    if n == 0:
+        return np.zeros((0, spec.clip_len, *frames.shape[1:]), frames.dtype)
+    windows = np.lib.stride_tricks.sliding_window_view(frames, spec.clip_len, axis=0)
+    # sliding_window_view puts the window axis last; move it next to the clip axis.
+    return np.moveaxis(windows[:: spec.clip_step][:n], -1, 1)
+
+
 def window_starts(n_clips: int, window: int, step: int) -> np.ndarray:
     """First clips of the offline windows over a video of `n_clips` clips.
 

@@ -16,13 +16,13 @@ on how long the stream ran before it, and its mean cannot round above 1.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from core.clip import ClipSpec, clip_source_span
+from core.clip import ClipSpec, clip_source_span, window_starts
 
 ACTIVITY_THRESHOLD = 0.4  # gamma, the paper's value (Sec. 5.1)
 
@@ -126,6 +126,26 @@ def average_window_scores(
     order = np.argsort(clip, kind="stable")
     sums = np.add.reduceat(values[order], np.cumsum(counts) - counts, axis=0)
     return sums / counts[:, None]
+
+
+def offline_clip_probs(
+    features: np.ndarray,
+    spec: ClipSpec,
+    run_sequence: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """Per-clip probabilities of a whole video from its clip features, the paper's way:
+    windows of `spec.window` clips every `spec.window_step` clips, each scored by
+    `run_sequence` (`[n_windows, T, D] -> [n_windows, T, C]` probabilities: ONNX Runtime in the
+    server, torch in training), then averaged over the windows containing each clip.
+    """
+    features = np.asarray(features)
+    n_clips = len(features)
+    if n_clips == 0:
+        raise PostprocessError("a video needs at least one clip to score")
+    starts = window_starts(n_clips, spec.window, spec.window_step)
+    length = min(spec.window, n_clips)
+    windows = features[starts[:, None] + np.arange(length)]
+    return average_window_scores(np.asarray(run_sequence(windows)), starts, n_clips)
 
 
 def _stack_windows(

@@ -16,6 +16,7 @@ from core.clip import (
     num_clips,
     preprocess_depth,
     resample_indices,
+    video_clips,
     window_starts,
 )
 
@@ -252,3 +253,14 @@ def test_windows_cover_every_clip_and_stay_inside(n, window, data):
         assert s >= 0 and (s + window <= n or n < window)
         covered[s : s + window] = True
     assert covered.all()
+
+
+def test_video_clips_is_a_view_on_the_clip_grid():
+    spec = ClipSpec(clip_len=4, clip_step=3)
+    frames = np.arange(14 * 2).reshape(14, 2)  # kept frames with a feature axis
+    clips = video_clips(frames, spec)
+    assert clips.shape == (num_clips(14, spec), 4, 2) == (4, 4, 2)
+    for c in range(4):
+        np.testing.assert_array_equal(clips[c], frames[c * 3 : c * 3 + 4])
+    assert np.shares_memory(clips, frames)
+    assert video_clips(frames[:3], spec).shape == (0, 4, 2)

@@ -15,6 +15,7 @@ from core.postprocess import (
     Segmenter,
     SegmentStart,
     average_window_scores,
+    offline_clip_probs,
     segment,
 )
 
@@ -397,3 +398,24 @@ def test_segment_matches_exact_reference_on_dyadic_probabilities(counts, thresho
     probs = np.array(counts, dtype=np.float64).reshape(-1, 3) / 16
     assert segment(probs, threshold) == reference_segments(probs, threshold)
     assert streamed_segments(probs, threshold) == reference_segments(probs, threshold)
+
+
+def test_offline_clip_probs_scores_every_window_and_averages():
+    spec = ClipSpec(window=4, window_step=2)
+    features = np.arange(7, dtype=float)[:, None]  # clip c has feature c
+    seen = []
+
+    def run_sequence(windows):
+        seen.append(windows[..., 0].tolist())
+        # Probability of class 1 = the window's first clip / 10: the average tells windows apart.
+        p1 = np.repeat(windows[:, :1, 0] / 10, windows.shape[1], axis=1)
+        return np.stack([1 - p1, p1], axis=-1)
+
+    probs = offline_clip_probs(features, spec, run_sequence)
+    assert seen == [[[0, 1, 2, 3], [2, 3, 4, 5], [3, 4, 5, 6]]]
+    # Clip 3 is in windows starting at 0, 2 and 3: (0 + 0.2 + 0.3) / 3.
+    np.testing.assert_allclose(probs[:, 1], [0, 0, 0.1, 0.5 / 3, 0.25, 0.25, 0.3])
+    short = offline_clip_probs(features[:2], spec, run_sequence)
+    assert seen[-1] == [[0, 1]] and short.shape == (2, 2)
+    with pytest.raises(PostprocessError, match="at least one clip"):
+        offline_clip_probs(features[:0], spec, run_sequence)
