@@ -59,6 +59,17 @@ PKU_VIDEO_NAME = re.compile(r"(\d{4})-([LMR])")
 # Titles of lines 1 and 3 of the released split files, typo included.
 PKU_SPLIT_TITLES = ("Training videos: ", "Validataion videos: ")
 PKU_CONFIDENCE = 2  # PKU-MMD: 1 = slight, 2 = strong recommendation
+SYNTH_MARKER = "gd-synth.json"  # at the root of a tree gd-synth wrote: provenance, class names
+# Cross-subject training performers (NTU RGB+D paper; NTU RGB+D 120 paper for 120).
+# fmt: off
+XSUB_TRAIN_60 = frozenset((
+    1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38,
+))
+XSUB_TRAIN_120 = XSUB_TRAIN_60 | frozenset((
+    45, 46, 47, 49, 50, 52, 53, 54, 55, 56, 57, 58, 59, 70, 74, 78, 80, 81, 82, 83, 84, 85, 86,
+    89, 91, 92, 93, 94, 95, 97, 98, 100, 103,
+))
+# fmt: on
 
 
 def ntu_name(setup: int, camera: int, performer: int, replication: int, action: int) -> str:

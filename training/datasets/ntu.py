@@ -27,6 +27,9 @@ from synth.formats import (
     NTU_RGB_SUFFIX,
     NTU_SKELETON_DIR,
     NTU_SKELETON_SUFFIX,
+    SYNTH_MARKER,
+    XSUB_TRAIN_60,
+    XSUB_TRAIN_120,
 )
 from training.datasets.media import read_depth_folder, read_video
 from training.datasets.skeleton_file import main_bodies, read_ntu_skeleton
@@ -35,16 +38,6 @@ from training.datasets.subsets import mini_subset
 VERSIONS = {60: (17, 60), 120: (32, 120)}  # version -> (last setup, number of classes)
 SPLITS = {60: ("xsub", "xview"), 120: ("xsub", "xset")}
 SUBSETS = ("train", "test")
-# Cross-subject training performers (NTU RGB+D paper; NTU RGB+D 120 paper for 120).
-# fmt: off
-XSUB_TRAIN_60 = frozenset((
-    1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38,
-))
-XSUB_TRAIN_120 = XSUB_TRAIN_60 | frozenset((
-    45, 46, 47, 49, 50, 52, 53, 54, 55, 56, 57, 58, 59, 70, 74, 78, 80, 81, 82, 83, 84, 85, 86,
-    89, 91, 92, 93, 94, 95, 97, 98, 100, 103,
-))
-# fmt: on
 XVIEW_TRAIN_CAMERAS = frozenset((2, 3))
 MISSING_SKELETON_FILES = {
     60: Path(__file__).with_name("missing_skeletons_ntu60.txt"),
@@ -148,7 +141,8 @@ class NTUDataset:
 
     `version` 60 or 120; `split` "xsub" or "xview" (60), "xsub" or "xset" (120); `subset`
     "train" or "test"; `mini` keeps that fraction of the training samples (drawn by `seed`),
-    never of the test set.
+    never of the test set. The published samples with missing skeletons are skipped in real
+    data; a tree gd-synth wrote (it has `gd-synth.json`) has no such samples.
     """
 
     def __init__(
@@ -160,7 +154,7 @@ class NTUDataset:
         mini: float | None = None,
         seed: int = 0,
         depth_dir_name: str = NTU_DEPTH_DIR,
-        skip_missing_skeletons: bool = True,
+        skip_missing_skeletons: bool | None = None,
     ):
         if version not in VERSIONS:
             raise ValueError(f"NTU RGB+D version must be 60 or 120, got {version}")
@@ -176,6 +170,8 @@ class NTUDataset:
         self.subset = subset
         self.num_classes = VERSIONS[version][1]
         last_setup = VERSIONS[version][0]
+        if skip_missing_skeletons is None:  # the published list names real samples only
+            skip_missing_skeletons = not (self.root / SYNTH_MARKER).exists()
         skip = missing_skeleton_names(version) if skip_missing_skeletons else frozenset()
         samples = []
         for name in list_ntu_names(self.root, depth_dir_name):

@@ -1,0 +1,273 @@
+"""`gd-synth`: write the synthetic benchmark in the real datasets' layouts.
+
+`classification` writes an NTU RGB+D tree (source: many short single-action samples, all
+modalities); `detection` writes a PKU-MMD tree (target: long videos of 10-25 actions with
+background between them). The trees are byte-for-byte in the real formats, so `gd-prep` and
+`gd-train` treat them exactly like the real datasets. `gd-synth.json` at the root records what
+was generated, and the class names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from core.files import atomic_write_text
+from synth.formats import (
+    PKU_VIEWS,
+    SYNTH_MARKER,
+    XSUB_TRAIN_60,
+    ntu_name,
+    pku_video_name,
+    write_ntu_sample,
+    write_pku_splits,
+    write_pku_video,
+)
+from synth.generate import (
+    COLOR_SIZE,
+    DEPTH_SIZE,
+    NUM_SUBJECTS,
+    SOURCE_CLASSES,
+    TARGET_CLASSES,
+    class_names,
+    classification_sample,
+    detection_video,
+    generate_many,
+)
+from synth.subjects import DEFAULT_DIFFICULTY
+
+NTU_SETUPS = 17
+PKU_CROSS_VIEW_TRAIN = ("M", "R")  # PKU-MMD cross-view: train on middle and right views
+
+
+def write_classification(root: str, name: str, modalities: tuple[str, ...], **sample) -> str:
+    """Generate one NTU sample and write it; runs in a worker process."""
+    rec = classification_sample(**sample)
+    write_ntu_sample(
+        root, name, rec.joints, rec.tracked, rec.depth_xy, rec.color_xy,
+        depth=rec.depth if "depth" in modalities else None,
+        body_mask=rec.body_mask,
+        rgb=rec.rgb if "rgb" in modalities else None,
+        fps=rec.fps,
+    )  # fmt: skip
+    return name
+
+
+def write_detection(root: str, name: str, modalities: tuple[str, ...], **video) -> str:
+    """Generate one PKU-MMD video and write it; runs in a worker process."""
+    rec = detection_video(**video)
+    write_pku_video(
+        root, name, rec.joints, rec.tracked, rec.segments,
+        depth=rec.depth if "depth" in modalities else None,
+        rgb=rec.rgb if "rgb" in modalities else None,
+        fps=rec.fps,
+    )  # fmt: skip
+    return name
+
+
+def classification_jobs(args: argparse.Namespace) -> list[dict]:
+    """`args.samples` distinct (subject, action, camera, replication) draws, in a seeded order.
+
+    Subjects 1..NUM_SUBJECTS split as NTU's cross-subject protocol does (its training list);
+    the setup follows the subject, as NTU's recording sessions do.
+    """
+    n_classes = len(SOURCE_CLASSES)
+    grid = np.array(
+        np.meshgrid(
+            np.arange(1, NUM_SUBJECTS + 1), np.arange(1, n_classes + 1), [1, 2, 3], [1, 2],
+            indexing="ij",
+        )
+    ).reshape(4, -1).T  # fmt: skip
+    if args.samples > len(grid):
+        raise ValueError(f"--samples at most {len(grid)} distinct samples, got {args.samples}")
+    # Every action equally often: order by a seeded shuffle within each action, interleaved.
+    rng = np.random.default_rng(args.seed)
+    rank = np.empty(len(grid))
+    for a in range(1, n_classes + 1):
+        rows = np.flatnonzero(grid[:, 1] == a)
+        rank[rows] = rng.permutation(len(rows)) * n_classes + a
+    jobs = []
+    for subject, action, camera, replication in grid[np.argsort(rank)][: args.samples]:
+        setup = 1 + (int(subject) - 1) % NTU_SETUPS
+        sample = dict(
+            action=int(action), subject=int(subject), camera=int(camera),
+            replication=int(replication), setup=setup, seed=args.seed, size=args.size,
+            color_size=args.color_size, difficulty=args.difficulty,
+        )  # fmt: skip
+        name = ntu_name(setup, sample["camera"], sample["subject"], sample["replication"], action)
+        jobs.append(dict(root=str(args.out), name=name, modalities=args.modalities, **sample))
+    return jobs
+
+
+def detection_jobs(args: argparse.Namespace) -> tuple[list[dict], dict[str, int]]:
+    """`args.videos` videos: recording sessions of one subject, each filmed from the three
+    views L, M, R (cameras 1, 2, 3) as PKU-MMD's are. Returns jobs and each video's subject."""
+    jobs, subjects = [], {}
+    for i in range(args.videos):
+        session, view = divmod(i, len(PKU_VIEWS))
+        # Alternate training and test subjects so any number of sessions covers both.
+        pool = sorted(XSUB_TRAIN_60) if session % 2 == 0 else _test_subjects()
+        subject = pool[(session // 2) % len(pool)]
+        lo, hi = args.actions
+        session_rng = np.random.default_rng([args.seed, 0x5E55, session])
+        name = pku_video_name(session + 1, PKU_VIEWS[view])
+        subjects[name] = subject
+        jobs.append(
+            dict(
+                root=str(args.out), name=name, modalities=args.modalities,
+                seed=args.seed * 10_000 + session, subject=subject, camera=view + 1,
+                n_actions=int(session_rng.integers(lo, hi + 1)), size=args.size,
+                color_size=args.color_size, difficulty=args.difficulty,
+            )
+        )  # fmt: skip
+    return jobs, subjects
+
+
+def _test_subjects() -> list[int]:
+    return [s for s in range(1, NUM_SUBJECTS + 1) if s not in XSUB_TRAIN_60]
+
+
+def write_pku_split_files(root: Path, subjects: dict[str, int]) -> None:
+    names = sorted(subjects)
+    xsub = ([n for n in names if subjects[n] in XSUB_TRAIN_60],
+            [n for n in names if subjects[n] not in XSUB_TRAIN_60])  # fmt: skip
+    xview = ([n for n in names if n[-1] in PKU_CROSS_VIEW_TRAIN],
+             [n for n in names if n[-1] not in PKU_CROSS_VIEW_TRAIN])  # fmt: skip
+    write_pku_splits(root, xsub, xview)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 96x128, got {text!r}") from None
+    if h < 16 or w < 16:
+        raise argparse.ArgumentTypeError(f"size must be at least 16x16, got {text}")
+    return h, w
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gd-synth",
+        description=(
+            "Generate the synthetic multimodal action benchmark (depth, RGB, skeleton) in the "
+            "real datasets' layouts: 'classification' writes NTU RGB+D (the source), "
+            "'detection' writes PKU-MMD (the target). Deterministic for a seed."
+        ),
+        epilog=(
+            "examples:\n  gd-synth classification --out data/ntu --samples 2000 --seed 0\n"
+            "  gd-synth detection --out data/pku --videos 60 --seed 0 --actions 10 25"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="{classification,detection}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", type=Path, required=True, help="root folder to write")
+    common.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    common.add_argument(
+        "--size",
+        type=parse_size,
+        default=DEPTH_SIZE,
+        metavar="HxW",
+        help="depth frame size (default %(default)s as HxW: 96x128)",
+    )
+    common.add_argument(
+        "--color-size",
+        type=parse_size,
+        default=COLOR_SIZE,
+        metavar="HxW",
+        help="RGB frame size (default 120x160)",
+    )
+    common.add_argument(
+        "--difficulty",
+        type=float,
+        default=DEFAULT_DIFFICULTY,
+        help="0 = clean, 1 = hardest: sensor noise, clutter, view and "
+        f"subject variation (default {DEFAULT_DIFFICULTY})",
+    )
+    common.add_argument(
+        "--modalities",
+        nargs="+",
+        choices=("depth", "rgb"),
+        default=("depth", "rgb"),
+        help="image modalities to write; skeletons are always written",
+    )
+    common.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="parallel processes (default: all cores)",
+    )
+    c = sub.add_parser(
+        "classification",
+        parents=[common],
+        help="NTU RGB+D layout: short single-action samples (the source)",
+        description="NTU RGB+D layout: nturgb+d_skeletons, "
+        "nturgb+d_depth_masked, nturgb+d_rgb; names SsssCcccPpppRrrrAaaa.",
+    )
+    c.add_argument("--samples", type=int, required=True, help="number of samples")
+    d = sub.add_parser(
+        "detection",
+        parents=[common],
+        help="PKU-MMD layout: long videos of many actions (the target)",
+        description="PKU-MMD phase 1 layout: label, skeleton, depth, rgb, split. "
+        "Videos come in sessions filmed from views L, M, R.",
+    )
+    d.add_argument("--videos", type=int, required=True, help="number of videos")
+    d.add_argument(
+        "--actions",
+        type=int,
+        nargs=2,
+        default=(10, 25),
+        metavar=("MIN", "MAX"),
+        help="actions per video (default 10 25)",
+    )
+    return p  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.modalities = tuple(args.modalities)
+    count = args.samples if args.command == "classification" else args.videos
+    if count < 1:
+        print(f"gd-synth: error: need at least one {args.command} sample", file=sys.stderr)
+        return 2
+    if not 0.0 <= args.difficulty <= 1.0:
+        print("gd-synth: error: --difficulty must be in [0, 1]", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "classification":
+            jobs, fn, classes = classification_jobs(args), write_classification, SOURCE_CLASSES
+        else:
+            lo, hi = args.actions
+            if not 1 <= lo <= hi:
+                raise ValueError(f"--actions needs 1 <= MIN <= MAX, got {lo} {hi}")
+            (jobs, subjects), fn, classes = detection_jobs(args), write_detection, TARGET_CLASSES
+    except ValueError as e:
+        print(f"gd-synth: error: {e}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    for _ in generate_many(fn, jobs, workers=max(args.workers, 1), desc=f"gd-synth {args.command}"):
+        pass
+    if args.command == "detection":
+        write_pku_split_files(args.out, subjects)
+    record = {
+        "generator": "gd-synth",
+        "layout": "ntu" if args.command == "classification" else "pku",
+        "classes": class_names(classes),
+        "count": count,
+        "options": {k: v for k, v in vars(args).items() if k not in ("out", "command")},
+    }
+    atomic_write_text(args.out / SYNTH_MARKER, json.dumps(record, indent=1, default=list) + "\n")
+    noun = "samples" if args.command == "classification" else "videos"
+    print(f"wrote {count} {args.command} {noun} to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
