@@ -15,7 +15,7 @@ from synth.formats import (
 )
 from training.cache import Cache, CacheError, CacheWriter
 from training.datasets import NTUDataset
-from training.prep import PrepSettings, main, prepare, prepare_sample
+from training.prep import PrepSettings, main, optical_flow, prepare, prepare_sample
 from training.skeleton_features import jjd
 
 N_FRAMES = 20  # 30 fps -> kept frames 0, 3, ..., 18: 7 of them
@@ -152,3 +152,16 @@ def test_pku_video_keeps_segments(tmp_path):
     assert [row[:3] for row in info["segments"]] == [[3, 5, 20], [7, 25, 38]]
     assert cache.samples[0].length == 14  # frames 0, 3, ..., 39
     assert cv2.imread  # OpenCV decoded the PNGs
+
+
+@pytest.mark.parametrize("method", ["tvl1", "farneback"])
+def test_optical_flow_recovers_a_known_shift(method):
+    # A smooth blob moving 2 px right and 1 px down per kept frame.
+    y, x = np.mgrid[0:48, 0:48].astype(np.float32)
+    frames = [np.exp(-((x - 20 - 2 * t) ** 2 + (y - 22 - t) ** 2) / 60.0) * 255 for t in range(3)]
+    rgb = np.stack([np.repeat(f[..., None], 3, axis=2) for f in frames]).astype(np.uint8)
+    flow = optical_flow(rgb, method)
+    assert flow.shape == (3, 48, 48, 2)
+    centre = flow[0, 16:28, 16:28].reshape(-1, 2).mean(axis=0)
+    np.testing.assert_allclose(centre, [2.0, 1.0], atol=0.5)
+    np.testing.assert_array_equal(flow[2], flow[1])  # the last frame repeats the previous flow
