@@ -7,7 +7,12 @@
 <bundle>/visual_encoder.onnx   float32[B, T_c, H, W]  -> float32[B, D]
 <bundle>/sequence_encoder.onnx float32[B, T_w, D]     -> float32[B, T_w, L+1] probabilities
 <bundle>/engines/              optional TensorRT plans, one folder per GPU + TensorRT version
+                               (`engine_folder_name`), not listed in `files`
 ```
+
+`precision` says how each encoder's weights are stored (`fp32`, `fp16` or `int8`; absent =
+`fp32`). Every variant keeps float32 inputs and outputs, so a server runs any of them alike; a
+deployment picks a precision by pointing at that variant's bundle.
 
 `load_bundle` checks everything numpy can: the schema, the clip spec, that every listed file
 exists with its recorded sha256. Encoder input/output shapes are read by whoever opens the
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +36,8 @@ from core.files import atomic_write_text
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
 REQUIRED_FILES = ("visual_encoder", "sequence_encoder")
+PRECISIONS = ("fp32", "fp16", "int8")
+ENGINES_DIR = "engines"
 Dim = int | str | None  # a static size, or a dynamic axis (its name, or None)
 
 
@@ -56,6 +64,12 @@ class ModelBundle:
     files: dict[str, FileRef]
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    precision: dict[str, str] = field(default_factory=dict)  # file key -> one of PRECISIONS
+
+    def __post_init__(self) -> None:
+        # Every file gets an explicit precision, so a written bundle equals the one read back.
+        filled = {key: self.precision.get(key, "fp32") for key in self.files}
+        object.__setattr__(self, "precision", filled)
 
     @property
     def num_classes(self) -> int:
@@ -79,6 +93,7 @@ class ModelBundle:
             "postprocess": {"activity_threshold": self.activity_threshold},
             "sequence": {"causal": self.causal},
             "files": {k: {"path": f.path, "sha256": f.sha256} for k, f in self.files.items()},
+            "precision": dict(self.precision),
             "training": self.training,
             "metrics": self.metrics,
         }
@@ -150,6 +165,14 @@ def load_bundle(root: str | Path, verify_hashes: bool = True) -> ModelBundle:
     missing = [k for k in REQUIRED_FILES if k not in files]
     if missing:
         raise BundleError(f"{where}: files lacks {', '.join(missing)}")
+    precision = _get(meta, "precision", dict, where) if "precision" in meta else {}
+    for key, value in precision.items():
+        if key not in files:
+            raise BundleError(f"{where}: precision names {key!r}, which is not in files")
+        if value not in PRECISIONS:
+            raise BundleError(
+                f"{where}: precision.{key} must be one of {', '.join(PRECISIONS)}, got {value!r}"
+            )
     bundle = ModelBundle(
         root=root,
         name=_get(meta, "name", str, where),
@@ -162,6 +185,7 @@ def load_bundle(root: str | Path, verify_hashes: bool = True) -> ModelBundle:
         files=files,
         training=meta.get("training", {}),
         metrics=meta.get("metrics", {}),
+        precision=dict(precision),
     )
     for key, ref in files.items():
         path = root / ref.path
@@ -224,3 +248,16 @@ def check_encoder_shapes(
                     f"{bundle.root}: {key} {tensor} axis {axis} is {g}, the bundle says {w} "
                     f"(shape {list(got)}, want {want})"
                 )
+
+
+def engine_folder_name(gpu_name: str, trt_version: str) -> str:
+    """The `engines/` subfolder of plans built for one GPU model and TensorRT version, e.g.
+    ("NVIDIA H200", "10.13.3") -> "nvidia-h200-trt10.13.3". A TensorRT plan runs only on the
+    GPU model and TensorRT version that built it, so both are in the name."""
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
+    version = re.sub(r"[^A-Za-z0-9.]+", "-", trt_version).strip("-")
+    if not slug or not version:
+        raise BundleError(
+            f"cannot name an engine folder for GPU {gpu_name!r}, TensorRT {trt_version!r}"
+        )
+    return f"{slug}-trt{version}"

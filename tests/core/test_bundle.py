@@ -7,6 +7,7 @@ from core.bundle import (
     FileRef,
     ModelBundle,
     check_encoder_shapes,
+    engine_folder_name,
     load_bundle,
     sha256_file,
     write_bundle_json,
@@ -96,3 +97,26 @@ def test_encoder_shapes(tmp_path):
         check_encoder_shapes(b, "visual_encoder", [1, 10, 32, 32], [1, 16])
     with pytest.raises(BundleError, match="has 3 axes"):
         check_encoder_shapes(b, "visual_encoder", ["b", 10, 32], ["b", 16])
+
+
+def test_precision_defaults_to_fp32_and_is_checked(tmp_path):
+    written = make_bundle(tmp_path, precision={"visual_encoder": "int8"})
+    assert written.precision == {"visual_encoder": "int8", "sequence_encoder": "fp32"}
+    assert load_bundle(tmp_path) == written
+    edit_json(tmp_path, lambda m: m.pop("precision"))  # bundles from before the field
+    assert set(load_bundle(tmp_path).precision.values()) == {"fp32"}
+    edit_json(tmp_path, lambda m: m.update(precision={"visual_encoder": "int4"}))
+    with pytest.raises(BundleError, match="precision.visual_encoder must be one of fp32, fp16"):
+        load_bundle(tmp_path)
+    edit_json(tmp_path, lambda m: m.update(precision={"extra": "fp16"}))
+    with pytest.raises(BundleError, match="precision names 'extra', which is not in files"):
+        load_bundle(tmp_path)
+
+
+def test_engine_folder_name():
+    assert engine_folder_name("NVIDIA H200", "10.13.3") == "nvidia-h200-trt10.13.3"
+    assert engine_folder_name("NVIDIA GeForce RTX 4090", "8.6.1.6") == (
+        "nvidia-geforce-rtx-4090-trt8.6.1.6"
+    )
+    with pytest.raises(BundleError, match="cannot name an engine folder"):
+        engine_folder_name("???", "10.0")

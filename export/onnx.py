@@ -1,0 +1,389 @@
+"""A detection checkpoint -> a model bundle of two ONNX encoders, checked against PyTorch.
+
+```
+visual_encoder.onnx    clips    float32[batch, T_c, H, W] -> features      float32[batch, D]
+sequence_encoder.onnx  features float32[batch, time, D]   -> probabilities float32[batch, time, L+1]
+```
+
+The sequence encoder includes the softmax, so the server gets probabilities. Its time axis is
+dynamic as well as its batch: a video shorter than one window is scored in one shorter window
+(`core.clip.window_starts`). The export is only kept if `onnx.checker` accepts both files, their
+shapes satisfy `core.bundle.check_encoder_shapes`, and ONNX Runtime reproduces PyTorch's
+probabilities on real clips to within `PARITY_TOLERANCE`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from core.bundle import (
+    REQUIRED_FILES,
+    Dim,
+    FileRef,
+    ModelBundle,
+    check_encoder_shapes,
+    load_bundle,
+    sha256_file,
+    write_bundle_json,
+)
+from core.clip import ClipSpec
+from core.postprocess import ACTIVITY_THRESHOLD
+from training.checkpoint import Checkpoint
+from training.networks import Detector
+
+OPSET = 18  # the dynamo exporter's lowest; TensorRT 8.6 and later parse it
+PARITY_TOLERANCE = 1e-4  # max abs difference of probabilities, ONNX Runtime vs PyTorch
+IO_NAMES = {  # (input, output) tensor names of each encoder
+    "visual_encoder": ("clips", "features"),
+    "sequence_encoder": ("features", "probabilities"),
+}
+
+
+class ExportError(ValueError):
+    """The checkpoint, the cache or the exported files are not what an export needs."""
+
+
+class ParityError(ExportError):
+    """ONNX Runtime and PyTorch disagree by more than the tolerance."""
+
+
+class SequenceProbabilities(nn.Module):
+    """The sequence encoder with its softmax: features [B, T, D] -> probabilities [B, T, L+1]."""
+
+    def __init__(self, detector: Detector) -> None:
+        super().__init__()
+        self.sequence = detector.sequence
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.sequence(features)[0].softmax(dim=-1)
+
+
+# --- writing the ONNX files ----------------------------------------------------------------
+
+
+def export_encoders(detector: Detector, spec: ClipSpec, folder: Path) -> dict[str, Path]:
+    """Write `visual_encoder.onnx` and `sequence_encoder.onnx` into `folder`."""
+    detector = detector.eval()
+    d = detector.encoder.out_dim
+    # Example sizes >= 2: torch.export specializes axes whose example size is 0 or 1.
+    examples = {
+        "visual_encoder": torch.zeros(2, spec.clip_len, spec.height, spec.width),
+        "sequence_encoder": torch.zeros(2, max(spec.window, 2), d),
+    }
+    modules = {
+        "visual_encoder": detector.encoder,
+        "sequence_encoder": SequenceProbabilities(detector),
+    }
+    dynamic = {"visual_encoder": ("batch",), "sequence_encoder": ("batch", "time")}
+    paths = {}
+    for key in REQUIRED_FILES:
+        paths[key] = folder / f"{key}.onnx"
+        _export(modules[key], examples[key], paths[key], *IO_NAMES[key], dynamic[key])
+    return paths
+
+
+def _export(
+    module: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    input_name: str,
+    output_name: str,
+    dynamic: tuple[str, ...],
+) -> None:
+    """Export with the named leading axes dynamic in the input and the output."""
+    axes = {i: torch.export.Dim(name, min=1) for i, name in enumerate(dynamic)}
+    # The exporter prints progress and warns about torch internals; neither helps a user.
+    with _quiet(), torch.no_grad():
+        program = torch.onnx.export(
+            module,
+            (example,),
+            input_names=[input_name],
+            output_names=[output_name],
+            dynamic_shapes=(axes,),
+            opset_version=OPSET,
+            dynamo=True,
+            optimize=True,
+            verbose=False,
+        )
+    model = program.model_proto
+    # The exporter can record a dynamic axis of the output with the example's size (the GRU's
+    # time axis); the output has the input's dynamic axes, so name them as such.
+    out_dims = model.graph.output[0].type.tensor_type.shape.dim
+    for i, name in enumerate(dynamic):
+        out_dims[i].Clear()
+        out_dims[i].dim_param = name
+    del model.graph.value_info[:]  # intermediate shapes carry the same stale sizes
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    onnx.save(model, path)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def onnx_io_shapes(path: Path) -> tuple[list[Dim], list[Dim]]:
+    """The (input, output) shapes an ONNX file declares: ints, axis names, or None."""
+    graph = onnx.load(path, load_external_data=False).graph
+    if len(graph.input) != 1 or len(graph.output) != 1:
+        raise ExportError(
+            f"{path}: want one input and one output, got {len(graph.input)} and {len(graph.output)}"
+        )
+
+    def dims(value: onnx.ValueInfoProto) -> list[Dim]:
+        return [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in value.type.tensor_type.shape.dim
+        ]
+
+    return dims(graph.input[0]), dims(graph.output[0])
+
+
+def verify_bundle(root: str | Path) -> ModelBundle:
+    """`load_bundle` (schema, spec, hashes) plus what needs onnx: each encoder passes
+    `onnx.checker` and has the shapes the bundle promises."""
+    bundle = load_bundle(root)
+    for key in REQUIRED_FILES:
+        path = bundle.path(key)
+        try:
+            onnx.checker.check_model(str(path), full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise ExportError(f"{path}: onnx.checker rejects it: {e}") from e
+        check_encoder_shapes(bundle, key, *onnx_io_shapes(path))
+    return bundle
+
+
+# --- running the ONNX files ------------------------------------------------------------------
+
+
+def ort_session(path: Path, threads: int = 0, spinning: bool = True) -> Any:
+    """An ONNX Runtime CPU session (`threads` 0 = one per core). `spinning=False` stops idle
+    worker threads from busy-waiting, which would steal cores from anything run next to it."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_runner(path: Path, threads: int = 0, spinning: bool = True) -> Any:
+    """`float32 array -> float32 array` through ONNX Runtime."""
+    session = ort_session(path, threads, spinning)
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: np.ascontiguousarray(x, np.float32)})[0]
+
+
+def torch_runners(detector: Detector) -> tuple[Any, Any]:
+    """(visual, sequence) of the PyTorch detector as `float32 array -> float32 array`."""
+    sequence = SequenceProbabilities(detector).eval()
+
+    def run(module: nn.Module, x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
+
+    return (lambda x: run(detector.encoder, x)), (lambda x: run(sequence, x))
+
+
+# --- parity ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Parity:
+    """How far ONNX Runtime is from PyTorch on the same clips."""
+
+    source: str  # where the clips came from
+    clips: int
+    windows: int
+    max_abs_diff_probabilities: float
+    max_abs_diff_features: float
+    feature_scale: float  # max |feature|, to judge the feature difference by
+    tolerance: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_parity(
+    detector: Detector,
+    bundle: ModelBundle,
+    clips: np.ndarray,
+    source: str,
+    tolerance: float = PARITY_TOLERANCE,
+    threads: int = 0,
+) -> Parity:
+    """Run consecutive `clips` `[N, T_c, H, W]` through PyTorch and through the bundle's ONNX
+    files, as the server chains them (visual encoder, then windows of features through the
+    sequence encoder: full windows and one shorter window), and compare. Raises `ParityError`
+    naming the largest difference if probabilities differ by more than `tolerance`, or
+    features by more than `tolerance` relative to their scale."""
+    torch_visual, torch_sequence = torch_runners(detector)
+    ort_visual = ort_runner(bundle.path("visual_encoder"), threads)
+    ort_sequence = ort_runner(bundle.path("sequence_encoder"), threads)
+    f_torch, f_ort = torch_visual(clips), ort_visual(clips)
+    windows_torch = _windows(f_torch, bundle.clip.window)
+    windows_ort = _windows(f_ort, bundle.clip.window)
+    prob_diff = max(
+        float(np.abs(torch_sequence(a) - ort_sequence(b)).max())
+        for a, b in zip(windows_torch, windows_ort, strict=True)
+    )
+    scale = max(float(np.abs(f_torch).max()), 1.0)
+    parity = Parity(
+        source=source,
+        clips=len(clips),
+        windows=sum(len(w) for w in windows_torch),
+        max_abs_diff_probabilities=prob_diff,
+        max_abs_diff_features=float(np.abs(f_torch - f_ort).max()),
+        feature_scale=scale,
+        tolerance=tolerance,
+    )
+    if not prob_diff <= tolerance:  # NaN fails too
+        raise ParityError(
+            f"ONNX Runtime and PyTorch disagree: max abs difference of probabilities "
+            f"{prob_diff:.3g} > {tolerance:g} on {len(clips)} clips ({source})"
+        )
+    if not parity.max_abs_diff_features <= tolerance * scale:
+        raise ParityError(
+            f"ONNX Runtime and PyTorch disagree: max abs difference of visual features "
+            f"{parity.max_abs_diff_features:.3g} > {tolerance:g} x {scale:.3g} on {len(clips)} "
+            f"clips ({source})"
+        )
+    return parity
+
+
+def _windows(features: np.ndarray, window: int) -> list[np.ndarray]:
+    """Batches `[k, T, D]` of consecutive features: all full windows, and one of the first
+    `T < window` clips, so the dynamic time axis is exercised too."""
+    n = len(features)
+    full = (n // window) * window
+    out = [features[:full].reshape(-1, window, features.shape[1])] if full else []
+    short = min(n, max(window // 2, 1))
+    if short < window:
+        out.append(features[None, :short])
+    return out
+
+
+# --- the bundle ------------------------------------------------------------------------------
+
+
+def check_checkpoint(ckpt: Checkpoint, where: str) -> None:
+    """A bundle serves depth action detection; anything else cannot be exported."""
+    if ckpt.task != "detection":
+        raise ExportError(
+            f"{where}: a {ckpt.task} checkpoint; gd-export needs a detection checkpoint "
+            "(visual encoder + sequence encoder, from gd-train's detection stage)"
+        )
+    if ckpt.architecture.modality != "depth":
+        raise ExportError(
+            f"{where}: the network reads {ckpt.architecture.modality!r}; a bundle serves depth"
+        )
+    want = ckpt.architecture.num_classes + 1
+    if len(ckpt.classes) != want or ckpt.classes[0] != "background":
+        raise ExportError(
+            f"{where}: classes must be 'background' and {want - 1} actions, got {ckpt.classes}"
+        )
+
+
+def write_bundle(
+    ckpt: Checkpoint,
+    checkpoint_path: Path,
+    folder: Path,
+    name: str,
+    version: str,
+    threshold: float = ACTIVITY_THRESHOLD,
+) -> ModelBundle:
+    """Export the encoders of `ckpt` into `folder` and describe them in `model.json`."""
+    check_checkpoint(ckpt, str(checkpoint_path))
+    detector = ckpt.network()
+    paths = export_encoders(detector, ckpt.clip, folder)
+    bundle = ModelBundle(
+        root=folder,
+        name=name,
+        version=version,
+        classes=tuple(ckpt.classes),
+        clip=ckpt.clip,
+        feature_dim=detector.encoder.out_dim,
+        activity_threshold=threshold,
+        causal=ckpt.architecture.causal,
+        files={k: FileRef(p.name, sha256_file(p)) for k, p in paths.items()},
+        training=training_record(ckpt, checkpoint_path),
+    )
+    write_bundle_json(bundle)
+    return bundle
+
+
+def training_record(ckpt: Checkpoint, checkpoint_path: Path) -> dict[str, Any]:
+    """Where the model came from: the checkpoint's provenance and what exported it."""
+    return {
+        **ckpt.provenance,
+        "checkpoint": str(checkpoint_path.resolve()),
+        "checkpoint_sha256": sha256_file(checkpoint_path),
+        "architecture": ckpt.architecture.to_dict(),
+        "checkpoint_metrics": ckpt.metrics,
+        "exported": {
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "opset": OPSET,
+        },
+    }
+
+
+def recorded_cache(provenance: dict[str, Any]) -> Path | None:
+    """The gd-prep cache a checkpoint was trained on, if its provenance names one that exists
+    (`provenance["cache"]`, or `provenance["dataset"]["cache"]`)."""
+    dataset = provenance.get("dataset")
+    for value in (
+        provenance.get("cache"),
+        dataset.get("cache") if isinstance(dataset, dict) else None,
+    ):
+        if isinstance(value, str) and (Path(value) / "meta.json").is_file():
+            return Path(value)
+    return None
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A fresh folder beside `out` that becomes `out` if the block succeeds and disappears if
+    it fails, so `out` never holds a half-written or rejected bundle."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ExportError(f"{out} exists and is not empty; choose another --out or --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if out.is_dir():
+        shutil.rmtree(out)
+    elif out.exists():
+        out.unlink()
+    stage.rename(out)

@@ -1,0 +1,144 @@
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from core.bundle import BundleError, check_encoder_shapes, load_bundle, sha256_file
+from export.cli import main, trained_threshold
+from export.evaluate import CacheClips
+from export.onnx import (
+    PARITY_TOLERANCE,
+    ExportError,
+    ParityError,
+    check_checkpoint,
+    check_parity,
+    onnx_io_shapes,
+    ort_runner,
+    recorded_cache,
+    verify_bundle,
+)
+from tests.export import ARCH, CLASSES, SPEC, exported, make_checkpoint
+from training.checkpoint import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    return exported(tmp_path_factory.getbasetemp() / "shared-export")
+
+
+def test_cli_writes_a_complete_bundle(made):
+    ckpt_path, _, root = made
+    bundle = verify_bundle(root)  # schema, hashes, onnx.checker, shapes
+    meta = json.loads((root / "model.json").read_text())
+    assert meta["format_version"] == 1 and meta["name"] == "tiny"
+    assert meta["version"] == "ckpt-" + sha256_file(ckpt_path)[:12]
+    assert meta["classes"] == CLASSES and meta["clip"] == SPEC.to_dict()
+    assert meta["postprocess"] == {"activity_threshold": 0.4}
+    assert meta["feature_dim"] == 8 * ARCH.width and meta["sequence"] == {"causal": False}
+    for key in ("visual_encoder", "sequence_encoder"):
+        assert meta["files"][key]["sha256"] == sha256_file(root / meta["files"][key]["path"])
+    assert meta["training"]["checkpoint_sha256"] == sha256_file(ckpt_path)
+    assert meta["training"]["checkpoint_metrics"] == {"val_map": 0.25}
+    parity = meta["metrics"]["parity"]
+    assert parity["max_abs_diff_probabilities"] <= PARITY_TOLERANCE
+    assert parity["clips"] == 12  # all clips of the test videos: 10 + 2 (40 and 10 frames)
+    test = meta["metrics"]["test"]
+    assert set(test["map_action"]) == {"0.1", "0.3", "0.5"} and test["videos"] == 2
+    assert all(0.0 <= v <= 1.0 for v in test["map_action"].values())
+    assert bundle.clip == SPEC and bundle.classes == tuple(CLASSES)
+
+
+def test_onnx_shapes_are_dynamic_where_the_server_needs_it(made):
+    root = made[2]
+    bundle = load_bundle(root)
+    shapes = {k: onnx_io_shapes(bundle.path(k)) for k in ("visual_encoder", "sequence_encoder")}
+    assert shapes["visual_encoder"] == (["batch", 4, 32, 32], ["batch", 32])
+    assert shapes["sequence_encoder"] == (["batch", "time", 32], ["batch", "time", 3])
+    for key, (i, o) in shapes.items():
+        check_encoder_shapes(bundle, key, i, o)
+
+
+@pytest.mark.parametrize(("batch", "time"), [(1, 1), (3, 4), (2, 7)])
+def test_onnx_equals_torch_for_any_batch_and_window_length(made, batch, time):
+    ckpt_path, _, root = made
+    net = load_checkpoint(ckpt_path).network()
+    rng = np.random.default_rng(batch * 10 + time)
+    clips = rng.standard_normal((batch * time, 4, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        logits, _ = net(torch.from_numpy(clips).reshape(batch, time, 4, 32, 32))
+        want = logits.softmax(-1).numpy()
+    features = ort_runner(root / "visual_encoder.onnx")(clips)
+    got = ort_runner(root / "sequence_encoder.onnx")(features.reshape(batch, time, -1))
+    assert got.shape == (batch, time, 3)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_parity_check_fails_loudly(made):
+    ckpt_path, cache, root = made
+    net = load_checkpoint(ckpt_path).network()
+    clips = CacheClips(cache, SPEC).consecutive("test", 8)
+    assert check_parity(net, load_bundle(root), clips, "test").clips == 8
+    with torch.no_grad():
+        net.sequence.fc.bias[1] += 1e-2  # the ONNX file no longer matches this network
+    with pytest.raises(ParityError, match=r"max abs difference of probabilities \S+ > 0.0001"):
+        check_parity(net, load_bundle(root), clips, "test")
+
+
+def test_tampered_or_inconsistent_bundles_are_named(made, tmp_path, capsys):
+    copy = shutil.copytree(made[2], tmp_path / "b")
+    data = bytearray((copy / "sequence_encoder.onnx").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "sequence_encoder.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sequence_encoder file .* does not match its sha256"):
+        load_bundle(copy)
+    assert main(["verify", "--bundle", str(copy)]) == 1
+    assert "sequence_encoder file sequence_encoder.onnx does not match" in capsys.readouterr().err
+
+    shutil.copyfile(made[2] / "sequence_encoder.onnx", copy / "sequence_encoder.onnx")
+    meta = json.loads((copy / "model.json").read_text())
+    meta["clip"]["height"] = 64
+    (copy / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="visual_encoder input axis 2 is 32, the bundle says 64"):
+        verify_bundle(copy)
+
+
+def test_export_without_a_cache_needs_parity_random(tmp_path, capsys):
+    ckpt = make_checkpoint(tmp_path / "m.pt")
+    assert main(["onnx", "--checkpoint", str(ckpt), "--out", str(tmp_path / "b")]) == 1
+    assert "--parity-random" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+    args = ["onnx", "--checkpoint", str(ckpt), "--out", str(tmp_path / "b"), "--parity-random"]
+    assert main(args) == 0
+    meta = json.loads((tmp_path / "b" / "model.json").read_text())
+    assert meta["metrics"]["parity"]["source"] == "random clips"
+    assert "test" not in meta["metrics"]
+    assert main(args) == 1  # the bundle exists now
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert not list(tmp_path.glob(".b.partial-*"))  # nothing left behind
+
+
+def test_only_depth_detection_checkpoints_export(tmp_path):
+    ckpt = load_checkpoint(make_checkpoint(tmp_path / "c.pt", task="classification"))
+    with pytest.raises(ExportError, match="a classification checkpoint"):
+        check_checkpoint(ckpt, "c.pt")
+
+
+def test_visual_encoder_file_has_no_training_leftovers(made):
+    # BatchNorm folded and no dropout: what runs is the eval-mode network.
+    ops = {n.op_type for n in onnx.load(made[2] / "visual_encoder.onnx").graph.node}
+    assert "Conv" in ops and "BatchNormalization" not in ops and "Dropout" not in ops
+
+
+def test_threshold_and_cache_default_to_what_training_used(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "meta.json").write_text("{}")
+    provenance = {"config": {"target": {"activity_threshold": 0.3}}, "cache": str(cache)}
+    ckpt = load_checkpoint(make_checkpoint(tmp_path / "c.pt", provenance=provenance))
+    assert trained_threshold(ckpt) == 0.3 and recorded_cache(ckpt.provenance) == cache
+    assert recorded_cache({"dataset": {"cache": str(cache)}}) == cache
+    assert recorded_cache({"cache": str(tmp_path / "gone")}) is None
+    assert trained_threshold(load_checkpoint(make_checkpoint(tmp_path / "d.pt"))) == 0.4
