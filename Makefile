@@ -3,9 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS := train,serve,realsense,dev
-# System libraries the Python wheels need (pyrealsense2 links libusb).
-APT_PACKAGES := libusb-1.0-0
+EXTRAS := train,serve,client,realsense,dev
+# System libraries the Python wheels need (pyrealsense2 links libusb); docker-compose validates
+# the compose file in the tests (no Docker engine is needed for that).
+APT_PACKAGES := libusb-1.0-0 docker-compose
 
 .PHONY: setup system-packages test lint format run clean
 

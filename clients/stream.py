@@ -1,0 +1,267 @@
+"""`gd-stream`: stream depth to the detection server and print its events as they come.
+
+    gd-stream synth [--loop] [--fast]                 a scripted synthetic scene
+    gd-stream file PATH [--fps F] [--fast]            .bag / .db3 recording, .npy / .npz, PNG folder
+    gd-stream realsense [--serial S] [--width W ...]  a live RealSense camera
+
+Frames are reduced to the model's rate and size (from the server's `ready`) before they are
+sent. A lost connection is retried with exponential backoff: a camera keeps going, a file
+resumes where it stopped. Files and synthetic scenes play in real time unless `--fast`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from collections.abc import Iterator
+from typing import TextIO
+
+from clients import options
+from clients.api import (
+    ActionEnd,
+    ActionStart,
+    ApiError,
+    Client,
+    ConnectionLost,
+    End,
+    Event,
+    Idle,
+    InternalError,
+    Scores,
+    ServerWarning,
+    TooManyStreams,
+    Unauthorized,
+    event_message,
+)
+from clients.sources import (
+    HOLE_FILLING,
+    Frame,
+    Source,
+    ThreadedFrames,
+    camera,
+    open_file,
+    paced,
+    synth,
+)
+from core.wire import ENCODINGS, Ready, WireError
+
+DEFAULT_URL = "ws://127.0.0.1:8000/v1/stream"
+RETRYABLE = (ConnectionLost, Idle, InternalError)
+MAX_BACKOFF_S = 30.0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    common = argparse.ArgumentParser(add_help=False)
+    options.add_server_options(common, DEFAULT_URL)
+    common.add_argument("--camera-id", help="name of this stream in events and server logs")
+    common.add_argument("--encoding", choices=ENCODINGS, default="zstd", help="frame encoding")
+    common.add_argument("-v", "--verbose", action="store_true", help="also print every clip")
+    common.add_argument(
+        "--retries", type=int, help="give up after this many failed reconnects in a row "
+        "(default: never)",
+    )  # fmt: skip
+    common.add_argument("--backoff", type=float, default=0.5, help="first reconnect delay, s")
+
+    timing = argparse.ArgumentParser(add_help=False)
+    timing.add_argument("--fast", action="store_true", help="send as fast as the server scores")
+    timing.add_argument("--speed", type=float, default=1.0, help="playback speed (x real time)")
+
+    p = argparse.ArgumentParser(
+        prog="gd-stream",
+        description=__doc__.split("\n")[0].split(": ", 1)[1],
+        epilog=options.exit_codes(streams=True),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="source", required=True)
+    s = sub.add_parser("synth", parents=[common, timing], help="a scripted synthetic scene")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--actions", type=int, default=5, help="actions per video")
+    s.add_argument("--width", type=int, default=128)
+    s.add_argument("--height", type=int, default=96)
+    s.add_argument("--loop", action="store_true", help="new videos forever")
+    f = sub.add_parser("file", parents=[common, timing], help="a recording, array or PNG folder")
+    f.add_argument("path", help=".bag / .db3 recording, .npy / .npz (uint16 T x H x W), folder")
+    f.add_argument("--fps", type=float, help="frame rate of .npy, .npz and PNG folders")
+    r = sub.add_parser("realsense", parents=[common], help="a live RealSense camera")
+    r.add_argument("--serial", help="camera serial number (default: the first camera)")
+    r.add_argument("--width", type=int, default=640)
+    r.add_argument("--height", type=int, default=480)
+    r.add_argument("--fps", type=int, default=30)
+    r.add_argument("--decimation", type=int, default=1, help="decimation filter, 2..8 (1 = off)")
+    r.add_argument("--hole-filling", choices=list(HOLE_FILLING), help="hole-filling filter")
+    args = p.parse_args(argv)
+    if args.retries is not None and args.retries < 0:
+        p.error("--retries must be >= 0")
+    if not args.backoff > 0:
+        p.error("--backoff must be positive")
+    if not getattr(args, "speed", 1.0) > 0:
+        p.error("--speed must be positive")
+    return args
+
+
+def open_source(args: argparse.Namespace) -> Source:
+    if args.source == "synth":
+        return synth(args.seed, args.actions, (args.height, args.width), args.loop)
+    if args.source == "file":
+        return open_file(args.path, args.fps)
+    return camera(args.serial, args.width, args.height, args.fps, args.decimation,
+                  args.hole_filling)  # fmt: skip
+
+
+def check_encoding(encoding: str) -> None:
+    module = {"zstd": "zstandard", "png": "cv2"}.get(encoding)
+    if module is None:
+        return
+    try:
+        __import__(module)
+    except ImportError as e:
+        raise ValueError(f"--encoding {encoding} needs {module}; install it or use raw") from e
+
+
+class Printer:
+    """Events as readable lines, or as the server's JSON one a line (`--json`)."""
+
+    def __init__(
+        self, json_lines: bool, camera_id: str, verbose: bool, out: TextIO, err: TextIO
+    ) -> None:
+        self.json_lines, self.camera_id, self.verbose = json_lines, camera_id, verbose
+        self.out, self.err = out, err
+        self.origin_us: int | None = None  # the source's first timestamp: times count from it
+
+    def event(self, event: Event) -> None:
+        if self.json_lines:
+            self._json(event_message(event))
+        elif (line := self.line(event)) is not None:
+            print(f"{time.strftime('%H:%M:%S')} {self.camera_id} {line}", file=self.out, flush=True)
+
+    def client(self, kind: str, text: str, **fields) -> None:
+        """What happens on this side (reconnecting, a final error): stderr, or a JSON line."""
+        if self.json_lines:
+            self._json({"type": kind, "message": text, **fields})
+        if kind == "error" or not self.json_lines:  # people read stderr, programs stdout
+            print(f"gd-stream: {text}", file=self.err, flush=True)
+
+    def _json(self, message: dict) -> None:
+        print(json.dumps(message), file=self.out, flush=True)
+
+    def _at(self, timestamp_us: int) -> float:
+        return (timestamp_us - (self.origin_us or 0)) / 1e6
+
+    def line(self, event: Event) -> str | None:
+        if isinstance(event, Ready):
+            spec, model = event.clip, event.model
+            return (
+                f"ready: model {model.get('name')} {model.get('version')} "
+                f"({', '.join(event.classes[1:])}); sending {spec.width}x{spec.height} at "
+                f"{spec.kept_fps:g} fps"
+            )
+        if isinstance(event, ActionStart):
+            t = self._at(event.start_timestamp_us)
+            return f"start {event.label} at {t:.1f} s ({event.confidence:.2f})"
+        if isinstance(event, ActionEnd):
+            t0, t1 = self._at(event.start_timestamp_us), self._at(event.end_timestamp_us)
+            return f"end   {event.label} {t0:.1f}-{t1:.1f} s ({event.confidence:.2f})"
+        if isinstance(event, ServerWarning):
+            return f"warning: {event.message}"
+        if isinstance(event, End):
+            return (
+                f"done: {event.clips} clips scored, {event.frames_received} frames received, "
+                f"{event.frames_dropped} dropped"
+            )
+        if isinstance(event, Scores) and self.verbose:
+            best = event.top[0] if event.top else None
+            top = f", {best.label} {best.score:.2f}" if best else ""
+            t = self._at(event.start_timestamp_us)
+            return f"clip {event.clip} at {t:.1f} s: activity {event.activity:.2f}{top}"
+        return None
+
+
+def backoff(failures: int, first_s: float) -> float:
+    """Exponential, capped, with jitter so that many cameras do not come back all at once."""
+    delay = min(MAX_BACKOFF_S, first_s * 2 ** (failures - 1))
+    return delay * random.uniform(0.5, 1.0)
+
+
+async def run(client: Client, source: Source, args: argparse.Namespace, printer: Printer) -> int:
+    """Stream until the source is played out, reconnecting on connection loss."""
+
+    def noted(frames: Iterator[Frame]) -> Iterator[Frame]:
+        for t, image in frames:
+            if printer.origin_us is None:
+                printer.origin_us = t
+            yield t, image
+
+    fast = getattr(args, "fast", False) and not source.live
+    frames = noted(source.frames)
+    if not source.live and not fast:
+        frames = paced(frames, args.speed)
+    reader = ThreadedFrames(frames)
+    failures = 0
+    try:
+        while True:
+            try:
+                async for event in client.stream(
+                    reader, printer.camera_id, source.fps, args.encoding, flow_control=fast
+                ):
+                    if isinstance(event, Ready):
+                        failures = 0
+                    printer.event(event)
+                return options.EXIT_OK
+            except RETRYABLE as e:
+                failures += 1
+                if args.retries is not None and failures > args.retries:
+                    _fail(printer, e, f"giving up after {args.retries} reconnects: {e}")
+                    return options.EXIT_ERROR
+                delay = backoff(failures, args.backoff)
+                printer.client(
+                    "reconnecting", f"{e}; reconnecting in {delay:.1f} s", attempt=failures,
+                    delay_s=round(delay, 3), code=e.code, close_code=e.close_code,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+    except Unauthorized as e:
+        _fail(printer, e, f"unauthorized: {e.message}; give a valid --token or --token-file")
+        return options.EXIT_UNAUTHORIZED
+    except TooManyStreams as e:
+        _fail(printer, e, f"the server is at its stream limit: {e.message}")
+        return options.EXIT_TOO_MANY_STREAMS
+    except ApiError as e:
+        _fail(printer, e, str(e))
+        return options.EXIT_ERROR
+    except WireError as e:  # a message this client cannot read, or a frame it cannot pack
+        printer.client("error", f"protocol error: {e}", code="protocol")
+        return options.EXIT_ERROR
+    except ValueError as e:  # the source failed: SourceError, timestamps going back
+        printer.client("error", str(e), code="source")
+        return options.EXIT_USAGE
+    finally:
+        reader.close()
+
+
+def _fail(printer: Printer, e: ApiError, text: str) -> None:
+    printer.client("error", text, code=e.code, close_code=e.close_code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        check_encoding(args.encoding)
+        token = options.token(args)
+        client = Client(args.url, token)
+        source = open_source(args)
+    except ValueError as e:  # SourceError included
+        print(f"gd-stream: {e}", file=sys.stderr)
+        return options.EXIT_USAGE
+    printer = Printer(args.json, args.camera_id or source.name, args.verbose, sys.stdout,
+                      sys.stderr)  # fmt: skip
+    try:
+        return asyncio.run(run(client, source, args, printer))
+    except KeyboardInterrupt:
+        return options.EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

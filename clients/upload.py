@@ -1,0 +1,101 @@
+"""`gd-upload`: detect actions in a whole depth video on the server.
+
+    gd-upload FILE [--url http://host:8000] [--token T] [--fps F] [--scores] [--json]
+
+FILE is a RealSense `.bag` / `.db3` recording, a `.npy` / `.npz` array (uint16 T x H x W, with
+`--fps` unless the `.npz` carries its timing), a zip of 16-bit PNG frames or a folder of them.
+Shows upload progress on stderr, then the detections as a table, or the server's JSON answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from tqdm import tqdm
+
+from clients import options
+from clients.api import ApiError, Client, Detections, Unauthorized
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="gd-upload",
+        description=__doc__.split("\n")[0].split(": ", 1)[1],
+        epilog=options.exit_codes(streams=False),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("file", type=Path, help="recording, .npy / .npz, PNG zip or PNG folder")
+    options.add_server_options(p, DEFAULT_URL)
+    p.add_argument("--fps", type=float, help="frame rate of .npy, PNG frames and untimed .npz")
+    p.add_argument("--scores", action="store_true", help="ask for per-clip scores too (JSON)")
+    return p.parse_args(argv)
+
+
+def table(result: Detections, name: str) -> str:
+    """The detections as aligned text, under a line about the video and the model."""
+    v, m = result.video, result.model
+    lines = [
+        f"{name}: {v['frames']} frames {v['width']}x{v['height']}, {v['duration_s']:.1f} s, "
+        f"{v['clips']} clips; model {m['name']} {m['version']}; "
+        f"{result.timing_ms.get('total', 0):.0f} ms"
+    ]
+    if not result.detections:
+        return "\n".join([*lines, "no actions detected"])
+    width = max(5, *(len(d.label) for d in result.detections))
+    lines.append(f"{'#':>3}  {'label':<{width}}  {'start':>8}  {'end':>8}  {'frames':>11}  conf")
+    for i, d in enumerate(result.detections, 1):
+        frames = f"{d.start_frame}-{d.end_frame}"
+        lines.append(
+            f"{i:>3}  {d.label:<{width}}  {d.start_s:>6.2f} s  {d.end_s:>6.2f} s  {frames:>11}  "
+            f"{d.confidence:.2f}"
+        )
+    return "\n".join(lines)
+
+
+def upload(client: Client, args: argparse.Namespace, err: TextIO) -> Detections:
+    with tqdm(
+        desc=args.file.name, unit="B", unit_scale=True, unit_divisor=1024, file=err, disable=None
+    ) as bar:
+
+        def progress(sent: int, total: int) -> None:
+            bar.total = total
+            bar.update(sent - bar.n)
+            if sent == total:
+                bar.set_postfix_str("detecting")
+
+        return client.upload(args.file, args.fps, clip_scores=args.scores, progress=progress)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        client = Client(args.url, options.token(args))
+        if not args.file.exists():
+            raise ValueError(f"{args.file}: no such file or folder")
+        result = upload(client, args, sys.stderr)
+    except Unauthorized as e:
+        print(f"gd-upload: unauthorized: {e.message}; give a valid --token", file=sys.stderr)
+        return options.EXIT_UNAUTHORIZED
+    except ApiError as e:
+        print(f"gd-upload: {e}", file=sys.stderr)
+        return options.EXIT_ERROR
+    except ValueError as e:
+        print(f"gd-upload: {e}", file=sys.stderr)
+        return options.EXIT_USAGE
+    except KeyboardInterrupt:
+        return options.EXIT_INTERRUPTED
+    if args.json:
+        print(json.dumps(result.raw))
+    else:
+        print(table(result, args.file.name))
+    return options.EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""What every request and stream of one server shares: model, engine, batchers, auth, metrics."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from core.bundle import ModelBundle, load_bundle
+from server.auth import Auth
+from server.batcher import MicroBatcher
+from server.engine import Engine, load_engine
+from server.metrics import Metrics
+from server.settings import Settings
+
+log = logging.getLogger("gd.server")
+
+
+@dataclass
+class Service:
+    settings: Settings
+    bundle: ModelBundle
+    engine: Engine
+    auth: Auth
+    metrics: Metrics = field(default_factory=Metrics)
+    # One thread runs the model: ONNX Runtime parallelizes inside a run (intra-op threads),
+    # and runs from several threads would only fight over the same cores.
+    model_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="gd-model")
+    )
+    # Decoding uploads (PNG, librealsense playback) off the event loop.
+    decode_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="gd-decode")
+    )
+    visual: MicroBatcher | None = None
+    sequence: MicroBatcher | None = None
+    active_streams: int = 0
+    draining: bool = False
+
+    @classmethod
+    def load(cls, settings: Settings) -> Service:
+        """Check the settings and load the model; raises before anything listens."""
+        tokens = settings.check_auth()
+        bundle = load_bundle(settings.model)
+        engine = load_engine(bundle, settings.device, settings.threads)
+        if not bundle.causal:
+            log.info(
+                "the sequence encoder is bidirectional: live scores use the newest clip's "
+                "position of each window, which has no future context (uploads average full "
+                "windows)"
+            )
+        return cls(settings, bundle, engine, Auth(tokens))
+
+    def start(self) -> None:
+        """Start the batchers (needs the running event loop)."""
+        s, m = self.settings, self.metrics
+        wait = s.max_wait_ms / 1000
+        self.visual = MicroBatcher(
+            self.engine.encode_clips, self.model_executor, s.max_batch, wait,
+            m.batch_observer("visual_encoder"),
+        )  # fmt: skip
+        self.sequence = MicroBatcher(
+            self.engine.score_windows, self.model_executor, s.max_batch, wait,
+            m.batch_observer("sequence_encoder"),
+        )  # fmt: skip
+        self.visual.start()
+        self.sequence.start()
+
+    async def stop(self) -> None:
+        self.draining = True
+        for batcher in (self.visual, self.sequence):
+            if batcher is not None:
+                await batcher.stop()
+        self.model_executor.shutdown(wait=False, cancel_futures=True)
+        self.decode_executor.shutdown(wait=False, cancel_futures=True)
+
+    def model_card(self) -> dict:
+        return {**self.bundle.card(), "engine": self.engine.info}

@@ -1,0 +1,65 @@
+"""gd-serve: start-up errors, and a real start as a subprocess."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+from server.cli import main
+
+
+def test_refuses_to_start_without_tokens(tiny_bundle, capsys):
+    assert main(["--model", str(tiny_bundle.root)]) == 2
+    assert "no API tokens" in capsys.readouterr().err
+
+
+def test_refuses_no_auth_on_a_public_bind(tiny_bundle, capsys):
+    assert main(["--model", str(tiny_bundle.root), "--no-auth", "--host", "0.0.0.0"]) == 2
+    assert "only on a loopback bind" in capsys.readouterr().err
+
+
+def test_missing_model_is_a_clear_error(tmp_path, capsys):
+    assert main(["--model", str(tmp_path / "nothing"), "--no-auth"]) == 2
+    assert "not a model bundle" in capsys.readouterr().err
+
+
+def test_tensorrt_without_it_is_a_clear_error(tiny_bundle, capsys):
+    assert main(["--model", str(tiny_bundle.root), "--no-auth", "--device", "tensorrt"]) == 2
+    assert "--device tensorrt needs" in capsys.readouterr().err
+
+
+def test_serves_from_the_command_line(tiny_bundle, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tokens = tmp_path / "tokens"
+    tokens.write_text("cli-token\n")
+    env = {**os.environ, "GD_MAX_STREAMS": "3", "GD_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "--model", str(tiny_bundle.root),
+         "--port", str(port), "--tokens-file", str(tokens)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/readyz")
+                break
+            except httpx.ConnectError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+                time.sleep(0.1)
+        assert r.json()["max_streams"] == 3  # from the environment
+        auth = {"Authorization": "Bearer cli-token"}
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/model", headers=auth).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=20)[0]
+    # uvicorn shuts down gracefully, then re-raises the signal it caught
+    assert proc.returncode in (0, -signal.SIGTERM), out
+    assert "Finished server process" in out
+    assert "cli-token" not in out

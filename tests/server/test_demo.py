@@ -1,0 +1,38 @@
+import asyncio
+import dataclasses
+import logging
+import time
+
+import numpy as np
+
+from server import demo
+from tests.server.live import TOKEN
+from tests.server.tiny_bundle import scene
+
+
+def test_demo_scene_streams_through_the_real_path_and_logs_actions(server, caplog):
+    frames = scene(90, actions=((12, 78, 0.5),))  # 3 s with one large near object
+    with caplog.at_level(logging.INFO, logger="gd.demo"):
+        actions = asyncio.run(demo.stream_scene(server.ws_url, TOKEN, frames, "zstd"))
+    assert actions == 1
+    assert "demo: " in caplog.text and " from " in caplog.text
+    assert TOKEN not in caplog.text
+
+
+def test_rendered_scene_is_depth():
+    frames = demo.render_scene(seed=3, n_actions=1)
+    assert frames.dtype == np.uint16 and frames.ndim == 3 and len(frames) > 60
+
+
+def test_gd_serve_demo_starts_the_demo_with_a_token(test_settings, make_server, monkeypatch):
+    calls = []
+
+    async def fake_run_demo(url, token):
+        calls.append((url, token))
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    make_server(dataclasses.replace(test_settings, demo=True, port=8123))
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert calls == [("ws://127.0.0.1:8123/v1/stream", TOKEN)]
