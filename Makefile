@@ -8,7 +8,7 @@ EXTRAS := train,serve,client,realsense,dev
 # the compose file in the tests (no Docker engine is needed for that).
 APT_PACKAGES := libusb-1.0-0 docker-compose
 
-.PHONY: setup system-packages test lint format run clean
+.PHONY: setup system-packages test lint format run default-model clean
 
 setup: system-packages $(VENV)/.installed
 
@@ -44,8 +44,18 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The server on the shipped default model, with the built-in synthetic demo stream: detections
+# show in the log, and through the API at http://127.0.0.1:8000 (token: docker/dev-tokens.txt).
 run: setup
-	@echo "The detection server has not landed yet (see README.md: Status)."; exit 1
+	$(BIN)/gd-serve --model models/default --demo --tokens-file docker/dev-tokens.txt
+
+# Rebuilds models/default from scratch: synthetic data, gd-prep, gd-train, gd-export.
+DEFAULT_RUN := runs/default
+default-model: setup
+	$(BIN)/gd-train pipeline --preset quick --workdir $(DEFAULT_RUN)
+	$(BIN)/gd-export onnx --checkpoint $(DEFAULT_RUN)/detect/depth.pt --out models/default \
+		--name default --overwrite
+	$(BIN)/python -m export.card models/default --command "make default-model"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
