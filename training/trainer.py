@@ -439,14 +439,15 @@ def provenance(cfg: Config, stage: Stage) -> dict[str, Any]:
     }
 
 
-def _checkpoint(stage: Stage, modality: str, cfg: Config, metrics: dict, state: dict) -> Checkpoint:
+def _checkpoint(stage: Stage, modality: str, cfg: Config, metrics: dict) -> Checkpoint:
+    """The deployable network of one modality (no resume state: that is state.pt)."""
     names = stage.classes if stage.task == "classification" else ["background", *stage.classes]
     return Checkpoint(
         task=stage.task, architecture=stage.archs[modality], clip=stage.spec, classes=names,
         model={
             k: v.detach().cpu().contiguous() for k, v in stage.nets[modality].state_dict().items()
         },
-        provenance=provenance(cfg, stage), metrics=metrics, state=state,
+        provenance=provenance(cfg, stage), metrics=metrics, state={},
     )  # fmt: skip
 
 
@@ -661,7 +662,7 @@ def run_stage(
                 stage, dist.device, D.subset_samples(stage.cache, "test")
             )
         for m in stage.modalities:  # the teachers too (student mode): each is deployable
-            save_checkpoint(stage.out / f"{m}.pt", _checkpoint(stage, m, cfg, dict(metrics), {}))
+            save_checkpoint(stage.out / f"{m}.pt", _checkpoint(stage, m, cfg, dict(metrics)))
         if cfg.train.graphs and isinstance(stage.distiller, GraphDistillation):
             from training.graph_plot import draw_stage_graphs
 
