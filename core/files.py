@@ -8,6 +8,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+FILE_MODE = 0o644  # what a plain open() gives under the usual umask
+DIR_MODE = 0o755
+
+
+def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """A temporary folder beside its final place, readable like a plain mkdir's."""
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    os.chmod(tmp, DIR_MODE)
+    return tmp
+
 
 @contextmanager
 def atomic_output(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
@@ -17,6 +27,7 @@ def atomic_output(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
+    os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600: other users (a container's) could not read
     try:
         yield Path(tmp)
         os.replace(tmp, path)

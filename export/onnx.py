@@ -18,7 +18,6 @@ import contextlib
 import io
 import logging
 import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -42,6 +41,7 @@ from core.bundle import (
     write_bundle_json,
 )
 from core.clip import ClipSpec
+from core.files import make_temp_dir
 from core.postprocess import ACTIVITY_THRESHOLD
 from training.checkpoint import Checkpoint
 from training.networks import Detector
@@ -376,7 +376,7 @@ def staged_folder(out: Path, overwrite: bool) -> Iterator[Path]:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ExportError(f"{out} exists and is not empty; choose another --out or --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    stage = make_temp_dir(out.parent, prefix=f".{out.name}.partial-")
     try:
         yield stage
     except BaseException:

@@ -23,14 +23,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from core.files import atomic_output, atomic_write_bytes
+from core.files import atomic_output, atomic_write_bytes, make_temp_dir
 from core.labels import write_label_file
 
 NUM_JOINTS = 25
@@ -343,7 +342,7 @@ def _check_bodies(
 def _write_dir_atomic(folder: Path, fill: Callable[[Path], None]) -> None:
     """Fills a temporary sibling folder, then swaps it in place of `folder`."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    tmp = make_temp_dir(folder.parent, prefix=f".{folder.name}.")
     try:
         fill(tmp)
         if folder.exists():

@@ -20,3 +20,11 @@ def test_failure_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
         raise RuntimeError("writer died")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.npy"]
+
+
+def test_written_files_and_temp_dirs_are_readable_by_others(tmp_path):
+    from core.files import make_temp_dir
+
+    atomic_write_text(tmp_path / "model.json", "{}")
+    assert (tmp_path / "model.json").stat().st_mode & 0o777 == 0o644
+    assert make_temp_dir(tmp_path, ".stage.").stat().st_mode & 0o777 == 0o755
