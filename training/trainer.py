@@ -177,18 +177,42 @@ def _phases(cfg: Config, name: str, modalities: list[str], make: Any) -> list[St
     return [make(teachers, teachers, "teachers-state.pt"), make(modalities, [student], "state.pt")]
 
 
-def build_pretrain(cfg: Config, workdir: Path) -> list[Stage]:
-    s = cfg.source
-    cache = open_cache(s.cache, workdir, "pretrain")
-    _check_modalities(cache, s.modalities, "source.modalities")
+@dataclass
+class _Setup:
+    """What both stages derive the same way from their config section and cache."""
+
+    cache: Cache
+    spec: ClipSpec
+    num_classes: int  # L (detection adds background)
+    train: list[int]
+    val: list[int]
+    archs: dict[str, Architecture]
+    nets: nn.ModuleDict
+
+
+def _setup(
+    cfg: Config, workdir: Path, section: SourceConfig | TargetConfig, name: str, task: str
+) -> _Setup:
+    key = "source" if name == "pretrain" else "target"
+    cache = open_cache(section.cache, workdir, name)
+    _check_modalities(cache, section.modalities, f"{key}.modalities")
     spec = D.clip_spec(
         cache, cfg.clip.clip_len, cfg.clip.clip_step, cfg.clip.window, cfg.clip.window_step
     )
-    num_classes = s.num_classes or D.num_classification_classes(cache)
-    train, val = D.split_samples(cache, s.mini, s.val_fraction, s.split_seed)
+    count = D.num_classification_classes if task == "classification" else D.num_detection_classes
+    num_classes = section.num_classes or count(cache)
+    train, val = D.split_samples(cache, section.mini, section.val_fraction, section.split_seed)
     torch.manual_seed(cfg.seed)
-    archs = {m: architecture(cfg, cache, m, num_classes) for m in s.modalities}
-    nets = nn.ModuleDict({m: build_network("classification", a) for m, a in archs.items()})
+    archs = {m: architecture(cfg, cache, m, num_classes) for m in section.modalities}
+    nets = nn.ModuleDict({m: build_network(task, a) for m, a in archs.items()})
+    return _Setup(cache, spec, num_classes, train, val, archs, nets)
+
+
+def build_pretrain(cfg: Config, workdir: Path) -> list[Stage]:
+    s = cfg.source
+    setup = _setup(cfg, workdir, s, "pretrain", "classification")
+    cache, spec, num_classes = setup.cache, setup.spec, setup.num_classes
+    train, val, archs, nets = setup.train, setup.val, setup.archs, setup.nets
     classes = D.class_names(cache, num_classes)
     out = workdir / "pretrain"
 
@@ -248,16 +272,9 @@ def training_class_weights(
 
 def build_detect(cfg: Config, workdir: Path) -> list[Stage]:
     t = cfg.target
-    cache = open_cache(t.cache, workdir, "detect")
-    _check_modalities(cache, t.modalities, "target.modalities")
-    spec = D.clip_spec(
-        cache, cfg.clip.clip_len, cfg.clip.clip_step, cfg.clip.window, cfg.clip.window_step
-    )
-    num_actions = t.num_classes or D.num_detection_classes(cache)
-    train, val = D.split_samples(cache, t.mini, t.val_fraction, t.split_seed)
-    torch.manual_seed(cfg.seed)
-    archs = {m: architecture(cfg, cache, m, num_actions) for m in t.modalities}
-    nets = nn.ModuleDict({m: build_network("detection", a) for m, a in archs.items()})
+    setup = _setup(cfg, workdir, t, "detect", "detection")
+    cache, spec, num_actions = setup.cache, setup.spec, setup.num_classes
+    train, val, archs, nets = setup.train, setup.val, setup.archs, setup.nets
     if cfg.transfer:
         transfer_encoders(cfg, workdir, nets, archs)
     weights = training_class_weights(cache, train, spec, num_actions, t.background_weight)
