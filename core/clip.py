@@ -299,6 +299,17 @@ def frame_timestamps_us(n_frames: int, fps: float) -> np.ndarray:
 # --- clip and window index math ------------------------------------------------------------
 
 
+def parse_size(text: str, minimum: int = 1) -> tuple[int, int]:
+    """`"HxW"` (as the CLIs and configs write frame sizes) -> `(height, width)`."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"size must look like HxW (e.g. 112x112), got {text!r}") from None
+    if h < minimum or w < minimum:
+        raise ValueError(f"size must be at least {minimum}x{minimum}, got {text!r}")
+    return h, w
+
+
 def num_clips(n_kept_frames: int, spec: ClipSpec) -> int:
     """Clips that fit whole in `n_kept_frames` kept frames."""
     if n_kept_frames < spec.clip_len:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.clip import parse_size
 from core.files import atomic_write_text
 from synth.formats import (
     PKU_VIEWS,
@@ -141,14 +142,12 @@ def write_pku_split_files(root: Path, subjects: dict[str, int]) -> None:
     write_pku_splits(root, xsub, xview)
 
 
-def parse_size(text: str) -> tuple[int, int]:
+def frame_size(text: str) -> tuple[int, int]:
+    """argparse type: `HxW`, at least 16x16 (the generator's smallest frames)."""
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 96x128, got {text!r}") from None
-    if h < 16 or w < 16:
-        raise argparse.ArgumentTypeError(f"size must be at least 16x16, got {text}")
-    return h, w
+        return parse_size(text, minimum=16)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,14 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     common.add_argument(
         "--size",
-        type=parse_size,
+        type=frame_size,
         default=DEPTH_SIZE,
         metavar="HxW",
         help="depth frame size (default %(default)s as HxW: 96x128)",
     )
     common.add_argument(
         "--color-size",
-        type=parse_size,
+        type=frame_size,
         default=COLOR_SIZE,
         metavar="HxW",
         help="RGB frame size (default 120x160)",

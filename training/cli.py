@@ -20,7 +20,7 @@ from pathlib import Path
 
 from core.files import atomic_write_text
 from training import distributed
-from training.config import PRESETS, Config, ConfigError, load_config, parse_size
+from training.config import PRESETS, Config, ConfigError, config_size, load_config
 from training.trainer import STAGES, TrainingError, run_evaluate, run_stage
 
 PRESET_HELP = (
@@ -78,7 +78,7 @@ def generate_data(cfg: Config, workdir: Path) -> dict[str, float]:
     from training.prep import PrepSettings, prepare
 
     seconds: dict[str, float] = {}
-    size = "x".join(map(str, parse_size("synth.size", cfg.synth.size)))
+    size = "x".join(map(str, config_size("synth.size", cfg.synth.size)))
     jobs = {
         "ntu": ("classification", "--samples", cfg.synth.samples, cfg.source.modalities),
         "pku": ("detection", "--videos", cfg.synth.videos, cfg.target.modalities),
@@ -103,7 +103,7 @@ def generate_data(cfg: Config, workdir: Path) -> dict[str, float]:
             seconds[f"synth_{layout}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if not (cache / "meta.json").exists():
-            h, w = parse_size("prep.size", cfg.prep.size)
+            h, w = config_size("prep.size", cfg.prep.size)
             settings = PrepSettings(
                 dataset=layout, root=str(root.resolve()), modalities=tuple(modalities),
                 height=h, width=w, flow=cfg.prep.flow,

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from core.clip import parse_size
 from training.cache import IMAGE_MODALITIES, MODALITIES
 from training.distillation import GraphKind, Metric
 
@@ -297,14 +298,12 @@ def _modalities(key: str, modalities: list[str]) -> None:
         raise ConfigError(f"{key}: duplicate modality in {modalities}")
 
 
-def parse_size(key: str, text: str) -> tuple[int, int]:
+def config_size(key: str, text: str) -> tuple[int, int]:
+    """`HxW` of config key `key`, or a ConfigError naming the key."""
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"{key}: size must look like 64x64, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise ConfigError(f"{key}: size must be positive, got {text!r}")
-    return h, w
+        return parse_size(text)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
 
 
 def validate(cfg: Config) -> None:
@@ -337,13 +336,13 @@ def validate(cfg: Config) -> None:
     _positive(cfg.clip, "clip", "clip_len", "clip_step", "window", "window_step")
     if cfg.clip.window_step > cfg.clip.window:
         raise ConfigError("clip.window_step must not exceed clip.window")
-    parse_size("synth.size", cfg.synth.size)
+    config_size("synth.size", cfg.synth.size)
     if cfg.synth.difficulty is not None and not 0 <= cfg.synth.difficulty <= 1:
         raise ConfigError(f"synth.difficulty must be in [0, 1], got {cfg.synth.difficulty}")
     actions = cfg.synth.actions
     if len(actions) != 2 or not 1 <= actions[0] <= actions[1]:
         raise ConfigError(f"synth.actions must be [min, max] with 1 <= min <= max, got {actions}")
-    parse_size("prep.size", cfg.prep.size)
+    config_size("prep.size", cfg.prep.size)
     _one_of("prep.flow", cfg.prep.flow, ("tvl1", "farneback"))
     _one_of("train.device", cfg.train.device, ("auto", "cpu", "cuda"))
     if cfg.train.save_every < 0 or cfg.train.eval_every < 1:

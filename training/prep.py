@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from core.clip import ClipSpec, DepthPreprocessor, TimestampResampler
+from core.clip import ClipSpec, DepthPreprocessor, TimestampResampler, parse_size
 from core.files import atomic_write_text
 from training import skeleton_features
 from training.cache import (
@@ -285,12 +285,12 @@ def prepare(s: PrepSettings, out: Path, workers: int = 1, progress: bool = True)
 # --- command line --------------------------------------------------------------------------
 
 
-def parse_size(text: str) -> tuple[int, int]:
+def frame_size(text: str) -> tuple[int, int]:
+    """argparse type: `HxW`."""
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 112x112, got {text!r}") from None
-    return h, w
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--size",
-        type=parse_size,
+        type=frame_size,
         default=(112, 112),
         metavar="HxW",
         help="frame size of image modalities (default 112x112)",

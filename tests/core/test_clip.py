@@ -14,6 +14,7 @@ from core.clip import (
     clip_source_span,
     frame_timestamps_us,
     num_clips,
+    parse_size,
     preprocess_depth,
     resample_indices,
     video_clips,
@@ -264,3 +265,12 @@ def test_video_clips_is_a_view_on_the_clip_grid():
         np.testing.assert_array_equal(clips[c], frames[c * 3 : c * 3 + 4])
     assert np.shares_memory(clips, frames)
     assert video_clips(frames[:3], spec).shape == (0, 4, 2)
+
+
+def test_parse_size():
+    assert parse_size("96x128") == (96, 128)
+    assert parse_size("64X64") == (64, 64)
+    with pytest.raises(ValueError, match="must look like HxW"):
+        parse_size("64by64")
+    with pytest.raises(ValueError, match="at least 16x16"):
+        parse_size("8x32", minimum=16)
