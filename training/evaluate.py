@@ -138,6 +138,18 @@ def clip_accuracy(cache: Cache, probs: dict[str, np.ndarray], spec: ClipSpec) ->
     return correct / max(total, 1)
 
 
+def agreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    """Fraction of clips where two detectors' per-clip probabilities (same videos, same clip
+    grid) have the same argmax: how far a student follows a teacher on unseen videos."""
+    same = total = 0
+    for name, p in a.items():
+        if p.shape != b[name].shape:
+            raise ValueError(f"{name}: clip grids differ, {p.shape} vs {b[name].shape}")
+        same += int((p.argmax(1) == b[name].argmax(1)).sum())
+        total += len(p)
+    return same / max(total, 1)
+
+
 def ground_truth(cache: Cache, samples: Sequence[int]) -> dict[str, np.ndarray]:
     return {
         cache.samples[i].name: np.asarray(cache.samples[i].info["segments"], np.float64).reshape(

@@ -56,6 +56,7 @@ from training.checkpoint import (
 from training.config import Config, SourceConfig, TargetConfig
 from training.distillation import Curriculum, Distiller, GraphDistillation, GraphKind
 from training.evaluate import (
+    agreement,
     classification_accuracies,
     clip_accuracy,
     detect,
@@ -732,15 +733,19 @@ def run_evaluate(
     }
     # For reference: each other training modality's own detector on the same test videos
     # (what the privileged modalities know; never used at test time).
-    others = {}
+    # How often the tested detector takes the same decision per clip as each of them
+    # (distillation should raise it; docs/results.md).
+    others, agree = {}, {}
     for m in cfg.target.modalities:
         other = workdir / "detect" / f"{m}.pt"
         if m != modality and other.is_file():
             teacher = load_checkpoint(other)
-            r, _ = detect(teacher.network().to(dist.device), cache, test, m, teacher.clip,
+            r, p = detect(teacher.network().to(dist.device), cache, test, m, teacher.clip,
                           dist.device, cfg.target.activity_threshold)  # fmt: skip
             others[m] = map_figures(gt, r, num_actions)["map_action"]
+            agree[m] = agreement(probs, p)
     detection["other_modalities_map_action"] = others
+    detection["agreement_with"] = agree
     metrics: dict[str, Any] = {"detection": detection}
     pretrain = workdir / "pretrain" / "done.json"
     if pretrain.exists():

@@ -11,7 +11,7 @@ from tests.training.test_data import make_classification_cache, make_detection_c
 from training.checkpoint import load_checkpoint
 from training.config import load_config
 from training.distillation import GraphDistillation
-from training.evaluate import detection_rows, grid_labels, ground_truth, map_figures
+from training.evaluate import agreement, detection_rows, grid_labels, ground_truth, map_figures
 from training.trainer import (
     Interrupted,
     TrainingError,
@@ -161,6 +161,8 @@ def test_detect_then_evaluate_writes_predictions_and_metrics(caches, tmp_path):
     assert ckpt.clip.clip_len == 4 and ckpt.clip.std == pytest.approx(0.2)
     metrics = run_evaluate(cfg, tmp_path)
     assert set(metrics["detection"]["map_action"]) == {"0.1", "0.3", "0.5"}
+    agree = metrics["detection"]["agreement_with"]
+    assert set(agree) == {"flow", "jjd"} and all(0 <= a <= 1 for a in agree.values())
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     predictions = read_label_dir(tmp_path / "predictions", need_confidence=True)
     assert sorted(predictions) == ["0003-L", "0003-M"]  # the test videos
@@ -170,6 +172,15 @@ def test_detect_then_evaluate_writes_predictions_and_metrics(caches, tmp_path):
     graphs = json.loads((tmp_path / "graphs" / "detect" / "graphs.json").read_text())
     for entry in graphs["classes"].values():  # each student's weights: a distribution
         np.testing.assert_allclose(np.sum(entry["graph"], axis=1), 1.0, rtol=1e-5)
+
+
+def test_agreement_counts_clips_with_the_same_argmax_over_all_videos():
+    eye = np.eye(3)
+    a = {"v1": eye[[0, 1, 2, 2]], "v2": eye[[1]]}
+    b = {"v1": eye[[0, 1, 0, 0]], "v2": eye[[1]]}
+    assert agreement(a, b) == pytest.approx(3 / 5)
+    with pytest.raises(ValueError, match="v2: clip grids differ"):
+        agreement(a, {**b, "v2": eye[[1, 1]]})
 
 
 def test_evaluation_of_oracle_probabilities_is_perfect(tmp_path):
