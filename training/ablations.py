@@ -147,7 +147,8 @@ def finished(workdir: Path) -> bool:
 def execute(workdir: Path, commands: list[list[str]]) -> float:
     """Run one job's commands in turn (logged to workdir/log.txt); seconds taken."""
     workdir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(workdir / "command.txt", "\n".join(" ".join(c[1:]) for c in commands) + "\n")
+    shown = "".join("python " + " ".join(c[1:]) + "\n" for c in commands)
+    atomic_write_text(workdir / "command.txt", shown)
     t0 = time.perf_counter()
     with open(workdir / "log.txt", "a") as log:
         for cmd in commands:
@@ -179,6 +180,9 @@ def figures(workdir: Path) -> dict[str, float]:
     out["trivial@0.5"] = 100 * det["baseline"]["map_action"]["0.5"]
     for m, a in det.get("agreement_with", {}).items():
         out[f"agreement/{m}"] = 100 * a
+    for m, fit in det.get("training_fit", {}).items():
+        out[f"train_accuracy/{m}"] = 100 * fit["clip_accuracy"]
+        out[f"train_top_probability/{m}"] = 100 * fit["mean_top_probability"]
     return out
 
 
@@ -218,13 +222,24 @@ def source_summary(plan: Plan) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
-    keys = (*THRESHOLDS, "clip_accuracy", f"agreement/{AGREEMENT}")
-    lines = ["| row | mAP@0.1 | mAP@0.3 | mAP@0.5 | clip accuracy | same clip decision as "
-             f"{AGREEMENT} | seeds |", "|---" * 7 + "|"]  # fmt: skip
+COLUMNS = {  # figure key: column title
+    "0.1": "mAP@0.1", "0.3": "mAP@0.3", "0.5": "mAP@0.5", "clip_accuracy": "clip accuracy",
+    f"agreement/{AGREEMENT}": f"same clip decision as {AGREEMENT}",
+}  # fmt: skip
+FIT_COLUMNS = {
+    "train_accuracy/depth": "depth: training clip accuracy",
+    "clip_accuracy": "depth: test clip accuracy",
+    f"train_accuracy/{AGREEMENT}": f"{AGREEMENT}: training clip accuracy",
+    f"train_top_probability/{AGREEMENT}": f"{AGREEMENT}: mean top probability (training)",
+}
+
+
+def markdown(rows: list[dict], columns: dict[str, str] = COLUMNS) -> str:
+    lines = ["| row | " + " | ".join(columns.values()) + " | seeds |", "|---" * (len(columns) + 2)
+             + "|"]  # fmt: skip
     for r in rows:
         stats = r["mean_std"]
-        cells = [f"{stats[k][0]:.1f} ± {stats[k][1]:.1f}" if k in stats else "" for k in keys]
+        cells = [f"{stats[k][0]:.1f} ± {stats[k][1]:.1f}" if k in stats else "" for k in columns]
         lines.append(f"| {r['row']} | " + " | ".join(cells) + f" | {len(r['seeds'])} |")
     return "\n".join(lines)
 
@@ -302,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     for table, rows in summary.items():
         print(f"\n## {table} (target.mini={args.target_mini}, test on depth, mean ± std)\n")
         print(markdown(rows))
+        print("\nHow each run's detectors fit their training videos (%):\n")
+        print(markdown(rows, FIT_COLUMNS))
     if args.plot:
         plot(summary, args.plot)
     return 0

@@ -138,6 +138,15 @@ def clip_accuracy(cache: Cache, probs: dict[str, np.ndarray], spec: ClipSpec) ->
     return correct / max(total, 1)
 
 
+def fit_figures(cache: Cache, probs: dict[str, np.ndarray], spec: ClipSpec) -> dict[str, float]:
+    """How right (clip accuracy) and how sure (mean top probability) a detector is."""
+    top = [p.max(1) for p in probs.values() if len(p)]
+    return {
+        "clip_accuracy": clip_accuracy(cache, probs, spec),
+        "mean_top_probability": float(np.concatenate(top).mean()) if top else 0.0,
+    }
+
+
 def agreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
     """Fraction of clips where two detectors' per-clip probabilities (same videos, same clip
     grid) have the same argmax: how far a student follows a teacher on unseen videos."""

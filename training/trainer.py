@@ -60,6 +60,7 @@ from training.evaluate import (
     classification_accuracies,
     clip_accuracy,
     detect,
+    fit_figures,
     ground_truth,
     map_figures,
     trivial_baseline,
@@ -731,21 +732,29 @@ def run_evaluate(
         "clip_accuracy": clip_accuracy(cache, probs, spec),
         "baseline": {"name": "trivial", **map_figures(gt, baseline, num_actions)},
     }
-    # For reference: each other training modality's own detector on the same test videos
-    # (what the privileged modalities know; never used at test time).
-    # How often the tested detector takes the same decision per clip as each of them
-    # (distillation should raise it; docs/results.md).
-    others, agree = {}, {}
+    # For reference, each other training modality's own detector on the same test videos
+    # (what the privileged modalities know; never used at test time), and how often the
+    # tested detector takes the same decision per clip (imitation should raise it).
+    threshold = cfg.target.activity_threshold
+    detectors = {modality: (net, spec)}
     for m in cfg.target.modalities:
         other = workdir / "detect" / f"{m}.pt"
         if m != modality and other.is_file():
             teacher = load_checkpoint(other)
-            r, p = detect(teacher.network().to(dist.device), cache, test, m, teacher.clip,
-                          dist.device, cfg.target.activity_threshold)  # fmt: skip
-            others[m] = map_figures(gt, r, num_actions)["map_action"]
-            agree[m] = agreement(probs, p)
+            detectors[m] = (teacher.network().to(dist.device), teacher.clip)
+    others, agree = {}, {}
+    for m, (teacher_net, teacher_spec) in list(detectors.items())[1:]:
+        r, p = detect(teacher_net, cache, test, m, teacher_spec, dist.device, threshold)
+        others[m] = map_figures(gt, r, num_actions)["map_action"]
+        agree[m] = agreement(probs, p)
     detection["other_modalities_map_action"] = others
     detection["agreement_with"] = agree
+    # Every detector on its own training videos: a teacher that is right and sure on nearly
+    # every training clip tells its student little that the labels do not (docs/results.md).
+    detection["training_fit"] = {
+        m: fit_figures(cache, detect(n, cache, train, m, s, dist.device, threshold)[1], s)
+        for m, (n, s) in detectors.items()
+    }
     metrics: dict[str, Any] = {"detection": detection}
     pretrain = workdir / "pretrain" / "done.json"
     if pretrain.exists():

@@ -11,7 +11,14 @@ from tests.training.test_data import make_classification_cache, make_detection_c
 from training.checkpoint import load_checkpoint
 from training.config import load_config
 from training.distillation import GraphDistillation
-from training.evaluate import agreement, detection_rows, grid_labels, ground_truth, map_figures
+from training.evaluate import (
+    agreement,
+    detection_rows,
+    fit_figures,
+    grid_labels,
+    ground_truth,
+    map_figures,
+)
 from training.trainer import (
     Interrupted,
     TrainingError,
@@ -163,6 +170,10 @@ def test_detect_then_evaluate_writes_predictions_and_metrics(caches, tmp_path):
     assert set(metrics["detection"]["map_action"]) == {"0.1", "0.3", "0.5"}
     agree = metrics["detection"]["agreement_with"]
     assert set(agree) == {"flow", "jjd"} and all(0 <= a <= 1 for a in agree.values())
+    fit = metrics["detection"]["training_fit"]
+    assert set(fit) == {"depth", "flow", "jjd"}
+    for figures in fit.values():
+        assert 0 <= figures["clip_accuracy"] <= 1 and 1 / 3 <= figures["mean_top_probability"] <= 1
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     predictions = read_label_dir(tmp_path / "predictions", need_confidence=True)
     assert sorted(predictions) == ["0003-L", "0003-M"]  # the test videos
@@ -196,6 +207,21 @@ def test_evaluation_of_oracle_probabilities_is_perfect(tmp_path):
         assert [s.class_id for s in segment(np.eye(3)[labels])] == [1, 2]
     figures = map_figures(ground_truth(cache, test), rows, 2)
     assert figures["map_action"]["0.5"] == 1.0
+
+
+def test_fit_figures_say_how_right_and_how_sure_a_detector_is(tmp_path):
+    cache = make_detection_cache(tmp_path / "d")
+    spec = spec_of(cache)
+    i = next(i for i, s in enumerate(cache.samples) if s.info["subset"] == "test")
+    labels = grid_labels(cache, i, spec, 15)
+    sure = np.eye(3)[labels]
+    name = cache.samples[i].name
+    assert fit_figures(cache, {name: sure}, spec) == {"clip_accuracy": 1.0,
+                                                      "mean_top_probability": 1.0}  # fmt: skip
+    unsure = 0.5 * sure + 0.5 / 3  # still right, half as sure
+    figures = fit_figures(cache, {name: unsure[:, [1, 2, 0]]}, spec)  # every argmax wrong
+    assert figures["clip_accuracy"] == 0.0
+    assert figures["mean_top_probability"] == pytest.approx(0.5 + 0.5 / 3)
 
 
 def test_missing_cache_and_modality_are_clear_errors(caches, tmp_path):
