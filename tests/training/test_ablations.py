@@ -10,7 +10,7 @@ from training.ablations import TABLES, Plan, mean_std, run_name
 from training.config import load_config
 
 
-def plan(tables=("table3b", "table4", "diagnosis"), seeds=(0, 1)) -> Plan:
+def plan(tables=("table3b", "table4", "diagnosis", "kl"), seeds=(0, 1)) -> Plan:
     return Plan(Path("c"), Path("out"), list(seeds), list(tables), 0.25, 1, ("model.width=8",))
 
 
@@ -29,7 +29,7 @@ def test_rows_with_the_same_training_share_one_run_and_others_do_not():
     last4 = TABLES["table4"][4]
     assert run_name(learned3b) == run_name(last4) == run_name(TABLES["diagnosis"][0])
     names = [run_name(r) for r in plan().rows()]
-    assert len(names) == len(set(names)) == 12
+    assert len(names) == len(set(names)) == 15
 
 
 @pytest.mark.parametrize(
