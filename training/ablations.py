@@ -66,6 +66,8 @@ TABLES: dict[str, list[Row]] = {
             ("distill.graph=learned", "distill.lambda_logit=10", "distill.lambda_repr=5")),
         Row("logits only (lambda = 1, 0)", "pis",
             ("distill.graph=learned", "distill.lambda_repr=0")),
+        Row("logits only, the paper's weight (lambda = 10, 0)", "pis",
+            ("distill.graph=learned", "distill.lambda_logit=10", "distill.lambda_repr=0")),
         Row("frozen teachers (student mode)", "pis",
             ("distill.graph=learned", "distill.mode=student")),
         Row("soft targets: KL at T = 8, logits only", "pis", ("distill.graph=learned", *KL)),
@@ -90,7 +92,9 @@ def run_name(row: Row) -> str:
 
 
 def gd_train(stage: str, workdir: Path, overrides: list[str]) -> list[str]:
-    return [sys.executable, "-m", "training.cli", stage, "--preset", "quick",
+    # --resume: a run the sweep's interruption cut short continues from its last state.
+    resume = ["--resume"] if stage != "evaluate" else []
+    return [sys.executable, "-m", "training.cli", stage, *resume, "--preset", "quick",
             "--workdir", str(workdir), *overrides]  # fmt: skip
 
 
