@@ -13,6 +13,7 @@ sampling; the benchmark data (the caches of one `gd-train pipeline` workdir) sta
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -173,10 +174,16 @@ def run_all(jobs: list[tuple[Path, list[list[str]]]], parallel: int) -> None:
     todo = [(d, c) for d, c in jobs if not finished(d)]
     print(f"{len(jobs) - len(todo)} of {len(jobs)} done already; running {len(todo)}", flush=True)
 
+    t0, finished_runs = time.perf_counter(), itertools.count(1)
+
     def one(job: tuple[Path, list[list[str]]]) -> None:
         d, commands = job
         print(f"start {d}", flush=True)
-        print(f"done  {d} in {execute(d, commands):.0f} s", flush=True)
+        seconds = execute(d, commands)
+        k, elapsed = next(finished_runs), time.perf_counter() - t0
+        left = elapsed / k * (len(todo) - k)  # runs take about the same time
+        print(f"done  {d} in {seconds:.0f} s [{k}/{len(todo)}, about {left / 60:.0f} min left]",
+              flush=True)  # fmt: skip
 
     with ThreadPoolExecutor(parallel) as pool:
         list(pool.map(one, todo))
