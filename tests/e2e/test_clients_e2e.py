@@ -196,7 +196,11 @@ def test_flow_control_keeps_a_small_server_queue_from_overflowing(
     recording,
     capsys,
 ):
-    live = make_server(dataclasses.replace(test_settings, queue_frames=4))
+    # The client holds at most clip_len + 2 clip_step frames past the last scored clip, so a
+    # queue of that size cannot overflow however slow the server is (the recording's 50 kept
+    # frames sent --fast without flow control would).
+    limit = TINY_SPEC.clip_len + 2 * TINY_SPEC.clip_step
+    live = make_server(dataclasses.replace(test_settings, queue_frames=limit))
     code, events, err = run_stream(
         capsys, "file", str(recording), "--fast", "--url", live.ws_url, "--token", TOKEN
     )

@@ -87,7 +87,8 @@ def test_a_tiny_sweep_runs_summarizes_and_resumes(tmp_path, capsys):
         det = json.loads((run / "metrics.json").read_text())["detection"]
         assert r["seeds"] == [3]
         assert r["mean_std"]["0.5"] == pytest.approx((100 * det["map_action"]["0.5"], 0.0))
-        assert "detect --preset quick" in (run / "command.txt").read_text()
+        shown = (run / "command.txt").read_text()
+        assert "python -m training.cli detect --resume --preset quick" in shown
     cfg = json.loads((tmp_path / "sweep" / "seed3" / rows[0]["run"] / "metrics.json").read_text())
     assert set(cfg["detection"]["other_modalities_map_action"]) == set()  # trg only: depth alone
     assert (tmp_path / "t4.png").read_bytes()[:4] == b"\x89PNG"
