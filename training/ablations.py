@@ -270,8 +270,12 @@ def plot(summary: dict[str, list[dict]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(summary), figsize=(5 * len(summary), 4), squeeze=False)
-    for ax, (table, rows) in zip(axes[0], summary.items(), strict=True):
+    cols = min(2, len(summary))
+    rows_ = -(-len(summary) // cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(6.5 * cols, 4.8 * rows_), squeeze=False)
+    for ax in axes.flat[len(summary) :]:
+        ax.set_visible(False)
+    for ax, (table, rows) in zip(axes.flat, summary.items(), strict=False):
         for i, r in enumerate(rows):
             vals = [f["0.5"] for f in r["per_seed"].values()]
             if vals:
