@@ -258,7 +258,8 @@ def markdown(rows: list[dict], columns: dict[str, str] = COLUMNS) -> str:
              + "|"]  # fmt: skip
     for r in rows:
         stats = r["mean_std"]
-        cells = [f"{stats[k][0]:.1f} ± {stats[k][1]:.1f}" if k in stats else "" for k in columns]
+        shown = "{0:.1f} ± {1:.1f}" if len(r["seeds"]) > 1 else "{0:.1f}"  # one seed: no spread
+        cells = [shown.format(*stats[k]) if k in stats else "" for k in columns]
         lines.append(f"| {r['row']} | " + " | ".join(cells) + f" | {len(r['seeds'])} |")
     return "\n".join(lines)
 

@@ -79,6 +79,7 @@ def test_a_tiny_sweep_runs_summarizes_and_resumes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| trg only |" in out and "| src w/ PIs + trg w/ PIs |" in out
     assert "fit their training videos" in out
+    assert "±" not in out.split("## table4")[1].split("\n", 1)[1]  # one seed: no spread
     summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
     rows = summary["table4"]
     assert [r["row"] for r in rows] == [r.label for r in TABLES["table4"]]
