@@ -130,12 +130,14 @@ class Plan:
                 seen.setdefault(run_name(row), row)
         return list(seen.values())
 
+    def pretrain_kinds(self) -> list[str]:
+        return sorted({r.pretrain for r in self.rows() if r.pretrain})
+
     def pretrains(self) -> list[tuple[Path, list[list[str]]]]:
-        kinds = sorted({r.pretrain for r in self.rows() if r.pretrain})
         return [
             (d := self.pretrain_dir(s, k), [gd_train("pretrain", d, self.common(s) + PRETRAINS[k])])
             for s in self.seeds
-            for k in kinds
+            for k in self.pretrain_kinds()
         ]
 
     def detections(self) -> list[tuple[Path, list[list[str]]]]:
@@ -230,7 +232,7 @@ def summarize(plan: Plan) -> dict[str, list[dict]]:
 def source_summary(plan: Plan) -> list[dict]:
     """The source classifiers each pre-training gave: depth's test accuracy per seed."""
     rows = []
-    for kind in sorted({r.pretrain for r in plan.rows() if r.pretrain}):
+    for kind in plan.pretrain_kinds():
         per_seed = {}
         for s in plan.seeds:
             done = plan.pretrain_dir(s, kind) / "pretrain" / "done.json"
