@@ -472,7 +472,9 @@ class _Reducer:
     """Source frames -> the model's kept frames at its size, stamped on the model's ticks.
 
     The server accepts frames at the model's size (ready.sizes); stamping each kept frame with
-    its tick time makes the server's own resampler keep every one of them.
+    its tick time makes the server's own resampler keep every one of them. Frames are reduced
+    with the model's clip spec, its `fit` included (`core.clip.DepthPreprocessor`), so the
+    server makes of a reduced frame exactly what it makes of the camera's frame.
     """
 
     def __init__(self, ready: Ready, height: int, width: int) -> None:

@@ -14,6 +14,13 @@
 `fp32`). Every variant keeps float32 inputs and outputs, so a server runs any of them alike; a
 deployment picks a precision by pointing at that variant's bundle.
 
+`postprocess.score_delay` (absent = 0) is the number of clips of future context a live clip's
+scores wait for; with it, `ModelBundle.live_latency_s` is the latency a stream should expect.
+
+model.json never holds a path of the machine that wrote it: `write_bundle_json` rewrites every
+absolute path in it (`portable`), relative to the working directory, or as `.../name` outside
+it, and logs which fields it rewrote.
+
 `load_bundle` checks everything numpy can: the schema, the clip spec, that every listed file
 exists with its recorded sha256. Encoder input/output shapes are read by whoever opens the
 ONNX files (ONNX Runtime in the server, onnx in export) and checked here by
@@ -24,6 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,6 +48,11 @@ REQUIRED_FILES = ("visual_encoder", "sequence_encoder")
 PRECISIONS = ("fp32", "fp16", "int8")
 ENGINES_DIR = "engines"
 Dim = int | str | None  # a static size, or a dynamic axis (its name, or None)
+# An absolute POSIX path inside a string: a "/" that starts a word (not "a/b", "1/3" or the
+# "//" of a URL) followed by a path.
+ABSOLUTE_PATH = re.compile(r"(?<![\w./:~-])/(?![/\s])[^\s'\",;()\[\]{}]+")
+
+log = logging.getLogger("gd.bundle")
 
 
 class BundleError(ValueError):
@@ -65,11 +79,20 @@ class ModelBundle:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     precision: dict[str, str] = field(default_factory=dict)  # file key -> one of PRECISIONS
+    score_delay: int = 0  # clips of future context a live clip's scores wait for
 
     def __post_init__(self) -> None:
         # Every file gets an explicit precision, so a written bundle equals the one read back.
         filled = {key: self.precision.get(key, "fp32") for key in self.files}
         object.__setattr__(self, "precision", filled)
+
+    @property
+    def live_latency_s(self) -> float:
+        """Seconds from the start of a clip's span until its live scores are due: the clip's
+        span, then `score_delay` more clips (model time excluded). The resampler's step is
+        inside the span: a clip's last kept frame comes one tick before the span ends."""
+        spec = self.clip
+        return (spec.clip_len + self.score_delay * spec.clip_step) / spec.kept_fps
 
     @property
     def num_classes(self) -> int:
@@ -90,7 +113,10 @@ class ModelBundle:
             "classes": list(self.classes),
             "clip": self.clip.to_dict(),
             "feature_dim": self.feature_dim,
-            "postprocess": {"activity_threshold": self.activity_threshold},
+            "postprocess": {
+                "activity_threshold": self.activity_threshold,
+                "score_delay": self.score_delay,
+            },
             "sequence": {"causal": self.causal},
             "files": {k: {"path": f.path, "sha256": f.sha256} for k, f in self.files.items()},
             "precision": dict(self.precision),
@@ -114,8 +140,51 @@ def sha256_file(path: Path) -> str:
 
 
 def write_bundle_json(bundle: ModelBundle) -> None:
-    """Write `model.json` atomically (the encoders must already be in place)."""
-    atomic_write_text(bundle.root / MODEL_JSON, json.dumps(bundle.to_dict(), indent=2) + "\n")
+    """Write `model.json` atomically (the encoders must already be in place), with every
+    absolute path made `portable` (logged as a warning: the writer should have done it)."""
+    meta = bundle.to_dict()
+    found = absolute_paths(meta)
+    if found:
+        log.warning(
+            "%s: made machine paths portable in %s",
+            bundle.root / MODEL_JSON,
+            ", ".join(found),
+        )
+        meta = portable(meta)
+    atomic_write_text(bundle.root / MODEL_JSON, json.dumps(meta, indent=2) + "\n")
+
+
+def portable(value: Any, base: str | Path | None = None) -> Any:
+    """`value` (JSON-like) with every absolute path in its strings rewritten relative to
+    `base` (default: the working directory) when inside it, else as `.../<name>`: a record
+    that says where things were without naming the machine's folders."""
+    if isinstance(value, dict):
+        return {k: portable(v, base) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [portable(v, base) for v in value]
+    if isinstance(value, str):
+        root = Path(base if base is not None else os.getcwd()).resolve()
+        return ABSOLUTE_PATH.sub(lambda m: _relative(m.group(), root), value)
+    return value
+
+
+def _relative(path: str, root: Path) -> str:
+    p = Path(os.path.normpath(path))
+    if p == root:
+        return "."
+    if p.is_relative_to(root):
+        return str(p.relative_to(root))
+    return f".../{p.name}" if p.name else "..."
+
+
+def absolute_paths(value: Any, where: str = "") -> list[str]:
+    """Dotted keys (`training.dataset.root`, `training.command[0]`) of the strings in `value`
+    that hold an absolute path."""
+    if isinstance(value, dict):
+        return [f for k, v in value.items() for f in absolute_paths(v, f"{where}.{k}".lstrip("."))]
+    if isinstance(value, list | tuple):
+        return [f for i, v in enumerate(value) for f in absolute_paths(v, f"{where}[{i}]")]
+    return [where] if isinstance(value, str) and ABSOLUTE_PATH.search(value) else []
 
 
 def load_bundle(root: str | Path, verify_hashes: bool = True) -> ModelBundle:
@@ -153,6 +222,12 @@ def load_bundle(root: str | Path, verify_hashes: bool = True) -> ModelBundle:
     threshold = _get(post, "activity_threshold", float, f"{where}: postprocess")
     if not 0.0 <= threshold <= 1.0:
         raise BundleError(f"{where}: postprocess.activity_threshold must be in [0, 1]")
+    delay = _get(post, "score_delay", int, f"{where}: postprocess") if "score_delay" in post else 0
+    if not 0 <= delay < clip.window:
+        raise BundleError(
+            f"{where}: postprocess.score_delay must be in [0, {clip.window - 1}] clips "
+            f"(the window is {clip.window}), got {delay}"
+        )
     causal = _get(meta.get("sequence", {"causal": False}), "causal", bool, f"{where}: sequence")
     files = {}
     for key, ref in _get(meta, "files", dict, where).items():
@@ -186,6 +261,7 @@ def load_bundle(root: str | Path, verify_hashes: bool = True) -> ModelBundle:
         training=meta.get("training", {}),
         metrics=meta.get("metrics", {}),
         precision=dict(precision),
+        score_delay=delay,
     )
     for key, ref in files.items():
         path = root / ref.path

@@ -19,6 +19,8 @@ import numpy as np
 
 INVALID = 0  # depth value of a pixel without a measurement (RealSense z16, Kinect v2)
 _SENTINEL = np.iinfo(np.uint16).max  # stands for "invalid" while min-pooling
+# How a frame of another aspect ratio becomes the model's input (see DepthPreprocessor).
+FITS = ("stretch", "crop", "pad")
 
 
 class ClipSpecError(ValueError):
@@ -45,6 +47,7 @@ class ClipSpec:
     depth_max_mm: int = 4500
     mean: float = 0.0
     std: float = 1.0
+    fit: str = "stretch"  # absent in model.json files written before it existed
 
     def __post_init__(self) -> None:
         for name in ("downsample", "clip_len", "clip_step", "window", "window_step"):
@@ -74,6 +77,8 @@ class ClipSpec:
             )
         if self.std <= 0:
             raise ClipSpecError(f"std must be positive, got {self.std}")
+        if self.fit not in FITS:
+            raise ClipSpecError(f"fit must be one of {', '.join(FITS)}, got {self.fit!r}")
 
     @property
     def kept_fps(self) -> float:
@@ -134,14 +139,22 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None
 class DepthPreprocessor:
     """Turns uint16 millimetre frames of one input size into normalized float32 frames.
 
+    The spec's `fit` says what happens when the frame's aspect ratio is not the model's:
+    `stretch` scales each axis on its own (squashes a 4:3 frame into a square input),
+    `crop` keeps the centred part of the frame with the model's aspect ratio, and `pad`
+    scales the whole frame into the centred box of the input with the frame's aspect ratio
+    and leaves the bands around it invalid (letterbox). A frame that already has the model's
+    aspect ratio (in particular one at the model's size) is treated the same by all three.
+
     Downscaling min-pools each output pixel's block over its *valid* pixels (the nearest
     surface wins and holes never average into depth); upscaling takes the nearest pixel.
     Out-of-range depth is invalid before pooling, so a far wall cannot hide behind a hole.
 
     Per-frame cost matters (every frame of every stream): subtracting `depth_min_mm` in uint16
     wraps every invalid value (0, too near) above every valid one, and too-far values land
-    above them too, so pooling runs on the raw frame with a single subtraction, and the
-    lookup table that validates, scales and normalizes runs on the small output only.
+    above them too, so pooling runs on the raw frame (a crop is a view of it) with a single
+    subtraction, and the lookup table that validates, scales and normalizes runs on the small
+    output only.
     """
 
     def __init__(self, spec: ClipSpec, in_height: int, in_width: int) -> None:
@@ -149,8 +162,13 @@ class DepthPreprocessor:
             raise ValueError(f"input frame size must be positive, got {in_height}x{in_width}")
         self.spec = spec
         self.in_shape = (in_height, in_width)
-        self._rows = _pool_offsets(in_height, spec.height)
-        self._cols = _pool_offsets(in_width, spec.width)
+        out_shape = (spec.height, spec.width)
+        self.source, self.target = fit_regions(spec.fit, self.in_shape, out_shape)
+        (r0, r1), (c0, c1) = self.source
+        (t0, t1), (l0, l1) = self.target
+        self._rows = _pool_offsets(r1 - r0, t1 - t0)
+        self._cols = _pool_offsets(c1 - c0, l1 - l0)
+        self._padded = self.target != ((0, spec.height), (0, spec.width))
         self._span = spec.depth_max_mm - spec.depth_min_mm  # largest shifted valid value
 
     @cached_property
@@ -174,16 +192,65 @@ class DepthPreprocessor:
             raise ValueError(f"depth frames must be uint16 millimetres, got {frames.dtype}")
         if frames.ndim < 2 or frames.shape[-2:] != self.in_shape:
             raise ValueError(f"depth frames must end in shape {self.in_shape}, got {frames.shape}")
-        shifted = frames - np.uint16(self.spec.depth_min_mm)  # wraps: invalid sorts last
-        return _min_pool(_min_pool(shifted, self._rows, axis=-2), self._cols, axis=-1)
+        (r0, r1), (c0, c1) = self.source
+        shifted = frames[..., r0:r1, c0:c1] - np.uint16(self.spec.depth_min_mm)  # wraps
+        pooled = _min_pool(_min_pool(shifted, self._rows, axis=-2), self._cols, axis=-1)
+        if not self._padded:
+            return pooled
+        out = np.full((*pooled.shape[:-2], self.spec.height, self.spec.width), _SENTINEL, np.uint16)
+        (t0, t1), (l0, l1) = self.target
+        out[..., t0:t1, l0:l1] = pooled
+        return out
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """`uint16[..., H_in, W_in]` -> `float32[..., height, width]`."""
         return self._to_float[self._pooled(frames)]
 
     def to_millimetres(self, frames: np.ndarray) -> np.ndarray:
-        """The same reduction kept in uint16 mm (0 = invalid): what a client sends the server."""
+        """The same reduction kept in uint16 mm (0 = invalid): what a client sends the server.
+
+        The server's preprocessor for frames at the model's size maps this output to exactly
+        what `__call__` gives for the original frame, for every `fit`.
+        """
         return self._to_mm[self._pooled(frames)]
+
+
+Region = tuple[tuple[int, int], tuple[int, int]]  # ((row0, row1), (col0, col1)), ends exclusive
+
+
+def fit_regions(
+    fit: str, in_shape: tuple[int, int], out_shape: tuple[int, int]
+) -> tuple[Region, Region]:
+    """(source, target): the part of the input frame that is resized into the part of the
+    model input; model pixels outside the target are invalid.
+
+    Sizes are rounded to the nearest pixel and boxes centred (an odd leftover pixel goes to the
+    bottom or right). Equal aspect ratios give the whole frame into the whole input.
+    """
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
+    (h_in, w_in), (h_out, w_out) = in_shape, out_shape
+    whole_in, whole_out = ((0, h_in), (0, w_in)), ((0, h_out), (0, w_out))
+    if fit == "stretch" or h_in * w_out == w_in * h_out:
+        return whole_in, whole_out
+    wider = w_in * h_out > h_in * w_out  # the frame is wider than the model input
+    if fit == "crop":  # the largest centred box of the frame with the model's aspect ratio
+        if wider:
+            return ((0, h_in), _centred(_ratio(h_in * w_out, h_out), w_in)), whole_out
+        return (_centred(_ratio(w_in * h_out, w_out), h_in), (0, w_in)), whole_out
+    if wider:  # pad: the largest centred box of the input with the frame's aspect ratio
+        return whole_in, (_centred(_ratio(w_out * h_in, w_in), h_out), (0, w_out))
+    return whole_in, ((0, h_out), _centred(_ratio(h_out * w_in, h_in), w_out))
+
+
+def _ratio(numerator: int, denominator: int) -> int:
+    """numerator / denominator rounded half up, at least 1 (exact integer arithmetic)."""
+    return max(1, (2 * numerator + denominator) // (2 * denominator))
+
+
+def _centred(size: int, total: int) -> tuple[int, int]:
+    start = (total - size) // 2
+    return start, start + size
 
 
 def _pool_offsets(n_in: int, n_out: int) -> np.ndarray | None:

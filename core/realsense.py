@@ -78,7 +78,9 @@ def read_depth(
             done.set()
             return
         stamps.append(frame.get_timestamp())  # milliseconds
-        frames.append(np.asanyarray(frame.get_data()).copy())  # the buffer is recycled
+        image = np.asanyarray(frame.get_data())  # librealsense recycles it: copy
+        # Converted frame by frame: a whole recording in float64 would take 4x its size.
+        frames.append(image.copy() if units == 0.001 else to_millimetres(image, units))
 
     def on_status(status) -> None:
         if status == rs.playback_status.stopped:
@@ -102,8 +104,6 @@ def read_depth(
     if not frames:
         raise RealSenseError(f"{Path(path).name}: the recording holds no depth frames")
     depth = np.stack(frames)
-    if units != 0.001:
-        depth = to_millimetres(depth, units)
     timestamps = np.round(np.asarray(stamps) * 1000.0).astype(np.int64)
     return DepthRecording(depth, timestamps, float(profile.fps()), units)
 

@@ -9,8 +9,9 @@ one uint16 depth image encoded as
 - `png`: a 16-bit grayscale PNG.
 
 Decoding is bounded before any decompression: a zstd frame may not inflate past the declared
-image size, a PNG's IHDR must declare 16-bit grayscale at an allowed size. zstd and png need
-`zstandard` and OpenCV, imported only when used, so `core` stays numpy-only.
+image size, a PNG's IHDR must declare 16-bit grayscale at an allowed size. JSON control
+messages are bounded too: in size, in nesting, and every `hello` field in type and range.
+zstd and png need `zstandard` and OpenCV, imported only when used, so `core` stays numpy-only.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ ENCODINGS = ("raw", "zstd", "png")
 HEADER = struct.Struct("<QI")  # timestamp_us, frame_index
 MAX_SIDE = 4096
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JSON control messages and events are small (a hello is ~200 bytes, a `ready` with a few
+# hundred classes ~20 kB); these caps keep a hostile one cheap to refuse.
+MAX_CONTROL_BYTES = 1 << 20
+MAX_JSON_DEPTH = 32
+MAX_SCORE_DELAY = 1000  # clips; a model's window (T_w - 1) bounds it much lower
 
 
 class WireError(ValueError):
@@ -39,7 +45,13 @@ class WireError(ValueError):
     code = "bad_request"
 
 
-class FrameTooLarge(WireError):
+class MessageTooLarge(WireError):
+    """A message is larger than the protocol allows."""
+
+    code = "message_too_large"
+
+
+class FrameTooLarge(MessageTooLarge):
     """A frame is larger than the stream allows."""
 
     code = "frame_too_large"
@@ -57,11 +69,13 @@ class Hello:
     encoding: str = "raw"
     protocol: int = PROTOCOL
     token: str | None = None
+    score_delay: int | None = None  # clips; None: the server's default
 
     def to_message(self) -> dict[str, Any]:
         message = {"type": "hello", **asdict(self)}
-        if self.token is None:
-            del message["token"]
+        for optional in ("token", "score_delay"):
+            if message[optional] is None:
+                del message[optional]
         return message
 
     def __repr__(self) -> str:  # never show the token
@@ -69,16 +83,24 @@ class Hello:
         return (
             f"Hello(camera_id={self.camera_id!r}, width={self.width}, height={self.height}, "
             f"fps={self.fps}, depth_units={self.depth_units}, encoding={self.encoding!r}, "
-            f"protocol={self.protocol}, token={token})"
+            f"protocol={self.protocol}, token={token}, score_delay={self.score_delay})"
         )
 
 
-def parse_json(text: str | bytes) -> dict[str, Any]:
-    """A control message: a JSON object with a string `type`."""
+def parse_json(text: str | bytes, max_bytes: int = MAX_CONTROL_BYTES) -> dict[str, Any]:
+    """A control message: a JSON object with a string `type`, at most `max_bytes` (UTF-8)
+    and `MAX_JSON_DEPTH` levels deep."""
+    size = len(text) if isinstance(text, bytes) or len(text) > max_bytes else len(text.encode())
+    if size > max_bytes:
+        raise MessageTooLarge(f"control message of {size} bytes exceeds {max_bytes}")
     try:
         message = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WireError(f"message is not valid JSON: {e}") from e
+    except RecursionError:  # the C decoder recurses once per level
+        raise WireError(f"message nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as e:  # malformed, bad UTF-8, or an integer too long to convert
+        raise WireError(f"message is not valid JSON: {e}") from None
+    if json_depth(message) > MAX_JSON_DEPTH:
+        raise WireError(f"message nests deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(message, dict):
         raise WireError(f"message must be a JSON object, got {type(message).__name__}")
     if not isinstance(message.get("type"), str):
@@ -86,50 +108,93 @@ def parse_json(text: str | bytes) -> dict[str, Any]:
     return message
 
 
+def json_depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0, `{}` is 1), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
 def parse_hello(message: dict[str, Any]) -> Hello:
     """Validate a `hello` message (already parsed JSON) field by field."""
     if message.get("type") != "hello":
-        raise WireError(f"the first message must be a hello, got type {message.get('type')!r}")
+        raise WireError(
+            f"the first message must be a hello, got type {_short(message.get('type'))}"
+        )
     known = {"type", "protocol", "camera_id", "width", "height", "fps", "depth_units"}
-    unknown = sorted(set(message) - known - {"encoding", "token"})
+    unknown = sorted(set(message) - known - {"encoding", "token", "score_delay"})
     if unknown:
-        raise WireError(f"hello has unknown field(s): {', '.join(unknown)}")
+        raise WireError(f"hello has unknown field(s): {_cut(', '.join(unknown), 80)}")
     protocol = _field(message, "protocol", int)
     if protocol != PROTOCOL:
-        raise WireError(f"protocol {protocol} is not supported; this side speaks {PROTOCOL}")
+        raise WireError(
+            f"protocol {_short(protocol)} is not supported; this side speaks {PROTOCOL}"
+        )
     camera_id = _field(message, "camera_id", str)
     if not 0 < len(camera_id) <= 128 or not camera_id.isprintable():
         raise WireError("camera_id must be 1-128 printable characters")
     width, height = _field(message, "width", int), _field(message, "height", int)
     for name, side in (("width", width), ("height", height)):
         if not 1 <= side <= MAX_SIDE:
-            raise WireError(f"{name} must be in [1, {MAX_SIDE}], got {side}")
-    fps = float(_field(message, "fps", float))
+            raise WireError(f"{name} must be in [1, {MAX_SIDE}], got {_short(side)}")
+    fps = _field(message, "fps", float)
     if not 0 < fps <= 1000:
         raise WireError(f"fps must be in (0, 1000], got {fps}")
-    depth_units = float(_field(message, "depth_units", float))
+    depth_units = _field(message, "depth_units", float)
     if not 1e-6 <= depth_units <= 1.0:
         raise WireError(f"depth_units (metres per unit) must be in [1e-6, 1], got {depth_units}")
     encoding = message.get("encoding", "raw")
-    if encoding not in ENCODINGS:
-        raise WireError(f"unknown encoding {encoding!r}; use one of {', '.join(ENCODINGS)}")
+    if not isinstance(encoding, str) or encoding not in ENCODINGS:
+        raise WireError(f"unknown encoding {_short(encoding)}; use one of {', '.join(ENCODINGS)}")
     token = message.get("token")
     if token is not None and not isinstance(token, str):
         raise WireError("token must be a string")
-    return Hello(camera_id, width, height, fps, depth_units, encoding, protocol, token)
+    score_delay = None
+    if message.get("score_delay") is not None:
+        score_delay = _field(message, "score_delay", int)
+        if not 0 <= score_delay <= MAX_SCORE_DELAY:  # the model's window bounds it further
+            raise WireError(
+                f"score_delay must be in [0, {MAX_SCORE_DELAY}] clips, got {_short(score_delay)}"
+            )
+    return Hello(camera_id, width, height, fps, depth_units, encoding, protocol, token, score_delay)
 
 
 def _field(message: dict[str, Any], name: str, kind: type) -> Any:
+    """`message[name]` checked to be a `kind` (int, str, or a finite float; never a bool)."""
     if name not in message:
         raise WireError(f"hello lacks {name!r}")
     value = message[name]
-    if kind is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    else:
-        ok = isinstance(value, kind) and not isinstance(value, bool)
-    if not ok:
-        raise WireError(f"hello field {name!r} must be {kind.__name__}, got {value!r}")
-    return value
+    allowed = int | float if kind is float else kind
+    if isinstance(value, bool) or not isinstance(value, allowed):
+        raise WireError(f"hello field {name!r} must be {kind.__name__}, got {_short(value)}")
+    if kind is not float:
+        return value
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float's range
+        number = math.inf
+    if not math.isfinite(number):
+        raise WireError(f"hello field {name!r} must be a finite number, got {_short(value)}")
+    return number
+
+
+def _short(value: Any) -> str:
+    """`repr(value)`, cut short: error messages echo what was wrong, briefly."""
+    try:
+        return _cut(repr(value))
+    except ValueError:  # an integer with more digits than Python will print
+        return f"<{type(value).__name__} too large to show>"
+
+
+def _cut(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclass(frozen=True)
@@ -138,6 +203,7 @@ class Ready:
 
     `sizes` are the frame sizes `(height, width)` the server accepts on this stream: the size
     announced in `hello`, and the model's own (frames a client reduced before sending).
+    `score_delay` clips after clip c completes, its scores come (docs/api.md, *Scores*).
     """
 
     model: dict[str, Any]  # name, version
@@ -147,6 +213,8 @@ class Ready:
     causal: bool
     sizes: tuple[tuple[int, int], ...]
     max_frame_bytes: int
+    score_delay: int = 0  # clips between a clip's completion and its scores
+    latency_s: float = 0.0  # a clip's start to the earliest its scores can come (no model time)
     protocol: int = PROTOCOL
 
     def to_message(self) -> dict[str, Any]:
@@ -160,6 +228,8 @@ class Ready:
             "causal": self.causal,
             "sizes": [{"height": h, "width": w} for h, w in self.sizes],
             "max_frame_bytes": self.max_frame_bytes,
+            "score_delay": self.score_delay,
+            "latency_s": self.latency_s,
         }
 
 
@@ -179,6 +249,8 @@ def parse_ready(message: dict[str, Any]) -> Ready:
             causal=bool(message["causal"]),
             sizes=sizes,
             max_frame_bytes=int(message["max_frame_bytes"]),
+            score_delay=int(message.get("score_delay", 0)),  # absent from older servers
+            latency_s=float(message.get("latency_s", 0.0)),
             protocol=int(message["protocol"]),
         )
     except (KeyError, TypeError, ValueError, ClipSpecError) as e:

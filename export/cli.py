@@ -12,7 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from core.bundle import BundleError, ModelBundle, load_bundle, sha256_file, write_bundle_json
+from core.bundle import (
+    BundleError,
+    ModelBundle,
+    load_bundle,
+    portable,
+    sha256_file,
+    write_bundle_json,
+)
 from core.clip import ClipSpec, DepthPreprocessor
 from core.postprocess import ACTIVITY_THRESHOLD
 from export.evaluate import CacheClips, evaluate_bundle
@@ -89,7 +96,9 @@ def run_onnx(args: argparse.Namespace) -> int:
     with staged_folder(Path(args.out), args.overwrite) as stage:
         say(f"exporting {args.checkpoint} -> {args.out}")
         threshold = args.threshold if args.threshold is not None else trained_threshold(ckpt)
-        bundle = write_bundle(ckpt, Path(args.checkpoint), stage, name, version, threshold)
+        bundle = write_bundle(
+            ckpt, Path(args.checkpoint), stage, name, version, threshold, args.score_delay
+        )
         verify_bundle(stage)
         say("onnx.checker and shapes: ok")
         clips, source = parity_clips(bundle.clip, cache, args.parity_clips)
@@ -104,7 +113,7 @@ def run_onnx(args: argparse.Namespace) -> int:
             evaluation = evaluate_bundle(bundle, cache, args.threads, progress=True)
             metrics["test"] = evaluation.to_dict()
             say(f"test mAP ({evaluation.videos} videos): {format_map(evaluation.map_action)}")
-        write_bundle_json(dataclasses.replace(bundle, metrics=metrics))
+        write_bundle_json(dataclasses.replace(bundle, metrics=portable(metrics)))
     print(f"wrote {args.out} ({name} {version})")
     return 0
 
@@ -282,6 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--name", help="model name in model.json (default: the --out folder's name)")
     o.add_argument(
         "--version", help="model version (default: ckpt-<first 12 hex of the checkpoint's sha256>)"
+    )
+    o.add_argument(
+        "--score-delay",
+        type=int,
+        default=0,
+        metavar="D",
+        help="clips of future context live scores wait for, 0 .. window - 1 (default 0): the "
+        "server's default for this model; measure it with bench/live_accuracy.py",
     )
     o.add_argument(
         "--threshold",

@@ -31,12 +31,15 @@ import torch
 from torch import nn
 
 from core.bundle import (
+    MODEL_JSON,
     REQUIRED_FILES,
     Dim,
     FileRef,
     ModelBundle,
+    absolute_paths,
     check_encoder_shapes,
     load_bundle,
+    portable,
     sha256_file,
     write_bundle_json,
 )
@@ -164,8 +167,16 @@ def onnx_io_shapes(path: Path) -> tuple[list[Dim], list[Dim]]:
 
 def verify_bundle(root: str | Path) -> ModelBundle:
     """`load_bundle` (schema, spec, hashes) plus what needs onnx: each encoder passes
-    `onnx.checker` and has the shapes the bundle promises."""
+    `onnx.checker` and has the shapes the bundle promises; and model.json names no folder of
+    the machine that built it."""
     bundle = load_bundle(root)
+    found = absolute_paths(bundle.to_dict())
+    if found:
+        raise ExportError(
+            f"{bundle.root / MODEL_JSON} holds absolute paths of the machine that built it, in "
+            f"{', '.join(found)}; rewrite it portably with `python -m export.card "
+            f"{bundle.root}` (or export it again)"
+        )
     for key in REQUIRED_FILES:
         path = bundle.path(key)
         try:
@@ -317,6 +328,7 @@ def write_bundle(
     name: str,
     version: str,
     threshold: float = ACTIVITY_THRESHOLD,
+    score_delay: int = 0,
 ) -> ModelBundle:
     """Export the encoders of `ckpt` into `folder` and describe them in `model.json`."""
     check_checkpoint(ckpt, str(checkpoint_path))
@@ -330,6 +342,7 @@ def write_bundle(
         clip=ckpt.clip,
         feature_dim=detector.encoder.out_dim,
         activity_threshold=threshold,
+        score_delay=score_delay,
         causal=ckpt.architecture.causal,
         files={k: FileRef(p.name, sha256_file(p)) for k, p in paths.items()},
         training=training_record(ckpt, checkpoint_path),
@@ -339,10 +352,11 @@ def write_bundle(
 
 
 def training_record(ckpt: Checkpoint, checkpoint_path: Path) -> dict[str, Any]:
-    """Where the model came from: the checkpoint's provenance and what exported it."""
-    return {
+    """Where the model came from: the checkpoint's provenance and what exported it, with
+    paths `portable` (relative to the working directory): a bundle is shipped elsewhere."""
+    record = {
         **ckpt.provenance,
-        "checkpoint": str(checkpoint_path.resolve()),
+        "checkpoint": str(checkpoint_path),
         "checkpoint_sha256": sha256_file(checkpoint_path),
         "architecture": ckpt.architecture.to_dict(),
         "checkpoint_metrics": ckpt.metrics,
@@ -353,6 +367,7 @@ def training_record(ckpt: Checkpoint, checkpoint_path: Path) -> dict[str, Any]:
             "opset": OPSET,
         },
     }
+    return portable(record)
 
 
 def recorded_cache(provenance: dict[str, Any]) -> Path | None:

@@ -16,16 +16,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
-from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.bundle import ModelBundle
 from core.clip import TimestampError, clip_source_span
-from server import offline, stream, uploads
+from server import offline, querytokens, stream, uploads
 from server.service import Service
 from server.settings import Settings
 
@@ -33,6 +32,7 @@ log = logging.getLogger("gd.server")
 # Bytes of an oversized body read (and dropped) past the limit, so that a client that sends
 # its whole body before reading the answer sees the 413 rather than a broken connection.
 DRAIN_LIMIT = 64 << 20
+MAX_BOUNDARY = 70  # RFC 2046
 
 
 class ApiError(Exception):
@@ -128,8 +128,9 @@ ops = APIRouter()
 
 @api.get("/model")
 def model_card(service: ServiceDep) -> dict[str, Any]:
-    """The model card: name, version, classes, clip spec, metrics, engine."""
-    return service.model_card()
+    """The model card: name, version, classes, clip spec, metrics, engine, and what a live
+    stream gets by default (score delay, latency)."""
+    return {**service.model_card(), "streaming": stream.streaming_card(service)}
 
 
 UPLOAD_BODY = {
@@ -148,11 +149,21 @@ UPLOAD_BODY = {
 }
 
 
-@api.post("/detections", openapi_extra=UPLOAD_BODY)
+@api.post(
+    "/detections",
+    openapi_extra=UPLOAD_BODY,
+    responses={
+        429: {"model": ErrorResponse, "description": "recording decoders busy"},
+        503: {"model": ErrorResponse, "description": "the server is shutting down"},
+    },
+)
 async def detections(
     request: Request,
     service: ServiceDep,
-    fps: Annotated[float | None, Query(gt=0, le=1000, description="for .npy / .npz / .zip")] = None,
+    fps: Annotated[
+        float | None,
+        Query(gt=0, le=1000, allow_inf_nan=False, description="for .npy / .npz / .zip"),
+    ] = None,
     scores: Annotated[bool, Query(description="include per-clip scores")] = False,
 ) -> DetectionsResponse:
     """Detect actions in an uploaded depth video (multipart field `file`)."""
@@ -177,7 +188,7 @@ async def _detect(
     data = await read_file_field(request, settings.max_upload_bytes)
     received = time.perf_counter()
     limits = uploads.Limits(
-        settings.max_upload_frames, settings.max_decoded_bytes, settings.spool_dir
+        settings.max_upload_frames, settings.max_decoded_bytes, service.recordings
     )
     loop = asyncio.get_running_loop()
     video = await loop.run_in_executor(service.decode_executor, uploads.decode, data, fps, limits)
@@ -191,9 +202,15 @@ async def _detect(
             service.model_executor,
             service.decode_executor,
             chunk_clips=settings.max_batch,
+            max_clips=settings.max_upload_clips,
+            max_upsample=settings.max_upload_upsample,
         )
     except (offline.TooShort, TimestampError) as e:
         raise ApiError(422, "invalid_video", str(e)) from e
+    except offline.TooSparse as e:
+        raise ApiError(422, "too_sparse", str(e)) from e
+    except offline.TooManyClips as e:
+        raise ApiError(413, "too_many_clips", str(e)) from e
     timing = {"receive": received - start, "decode": decoded - received}
     return _response(bundle, video, result, scores, timing, start)
 
@@ -254,6 +271,10 @@ async def read_file_field(request: Request, max_bytes: int) -> bytearray:
         raise ApiError(
             415, "unsupported_media_type", "send multipart/form-data with the video in 'file'"
         )
+    if not 1 <= len(params[b"boundary"]) <= MAX_BOUNDARY:
+        raise ApiError(
+            400, "bad_request", f"the multipart boundary must be 1 to {MAX_BOUNDARY} characters"
+        )
     part: dict[str, Any] = {}
     found: list[bytearray] = []
     header: list[bytes] = [b"", b""]
@@ -305,7 +326,7 @@ async def read_file_field(request: Request, max_bytes: int) -> bytearray:
         if total > body_limit:
             raise ApiError(413, "too_large", f"the upload exceeds the limit of {max_bytes} bytes")
         parser.finalize()
-    except MultipartParseError as e:
+    except ValueError as e:  # the parser's errors, and anything raised on its callbacks' input
         raise ApiError(400, "bad_request", f"malformed multipart body: {e}") from e
     if len(found) != 1:
         raise ApiError(
@@ -319,13 +340,17 @@ async def stream_endpoint(ws: WebSocket) -> None:
     await stream.serve(ws, ws.app.state.service)
 
 
+# HEAD (load balancers' and orchestrators' probes) answers as GET does, without the body;
+# it stays out of the OpenAPI schema, where it would repeat GET's operation.
 @ops.get("/healthz")
+@ops.head("/healthz", include_in_schema=False)
 def healthz() -> dict[str, str]:
     """Liveness: the process serves requests."""
     return {"status": "ok"}
 
 
 @ops.get("/readyz", responses={503: {"description": "draining or at the stream limit"}})
+@ops.head("/readyz", include_in_schema=False)
 def readyz(service: ServiceDep) -> JSONResponse:
     """Readiness: the model is loaded and another stream would be accepted."""
     s = service.settings
@@ -338,7 +363,11 @@ def readyz(service: ServiceDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@ops.get("/metrics")
+@ops.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 def metrics(service: ServiceDep) -> Response:
     """Prometheus metrics."""
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
@@ -375,6 +404,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
+    app.add_middleware(querytokens.RefuseQueryTokens)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -394,6 +424,12 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
         )
         return error_response(400, "bad_request", problems)
+
+    @app.exception_handler(Exception)
+    async def server_fault(request: Request, e: Exception) -> JSONResponse:
+        # Only the server's own faults get here (input errors are 4xx above). Starlette
+        # re-raises the exception after this answer, so uvicorn logs it with its traceback.
+        return error_response(500, "internal_error", "internal server error (see the server log)")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:

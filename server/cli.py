@@ -17,8 +17,15 @@ from pathlib import Path
 import uvicorn
 
 from core.bundle import BundleError
+from core.clip import ClipSpec
 from server.engine import EngineError
-from server.settings import DEVICES, Settings, SettingsError, from_env
+from server.querytokens import install_log_redaction
+from server.settings import DEVICES, MiB, Settings, SettingsError, from_env
+
+# uvicorn's own WebSocket limit sits this far above the server's `max_frame_bytes`, so that a
+# message just over the limit reaches the server's check and gets its 4413 (uvicorn would
+# answer 1009); only messages larger still are cut by uvicorn, unread.
+WS_MARGIN = 1 * MiB
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,6 +43,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--max-streams", type=int, help="concurrent WebSocket streams (default: 64)")
     p.add_argument("--threads", type=int, help="inference threads (default: all cores but one)")
+    p.add_argument(
+        "--score-delay",
+        type=int,
+        help="clips of future context for live scores, 0 .. window - 1: more is more accurate "
+        "and later (default: the model's own, postprocess.score_delay in model.json)",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument(
         "--demo",
@@ -52,12 +65,23 @@ def uvicorn_config(app, settings: Settings, **overrides) -> uvicorn.Config:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        ws_max_size=settings.max_frame_bytes,
+        ws_max_size=settings.max_frame_bytes + WS_MARGIN,
         ws_per_message_deflate=False,  # frames are compressed by choice (zstd/png), not twice
         timeout_graceful_shutdown=5,
     )
     options.update(overrides)
-    return uvicorn.Config(app, **options)
+    config = uvicorn.Config(app, **options)  # configures uvicorn's loggers
+    install_log_redaction()
+    return config
+
+
+def _check_score_delay(delay: int, spec: ClipSpec) -> None:
+    from server.stream import check_score_delay  # imported with the app, after logging
+
+    try:
+        check_score_delay(delay, spec)
+    except ValueError as e:
+        raise SettingsError(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             no_auth=args.no_auth,
             max_streams=args.max_streams,
             threads=args.threads,
+            score_delay=args.score_delay,
             log_level=args.log_level,
             demo=args.demo,
         )
@@ -82,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         from server.app import create_app  # after logging is set up: loading logs
 
         app = create_app(settings)
+        service = app.state.service
+        _check_score_delay(service.score_delay, service.bundle.clip)
     except (SettingsError, BundleError, EngineError) as e:
         print(f"gd-serve: {e}", file=sys.stderr)
         return 2

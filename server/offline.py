@@ -4,7 +4,8 @@ Frames are resampled by timestamp to the model's kept rate, cut into clips, each
 once; the sequence encoder scores windows of T_w clips every s_w clips
 (`core.clip.window_starts`), each clip gets the mean of the windows containing it, and
 `core.postprocess.segment` finds the actions. The model runs chunk by chunk on the shared model
-thread, so live streams' batches slot in between an upload's chunks.
+thread, so live streams' batches slot in between an upload's chunks. `check_cost` refuses, before
+any of it, a video whose timing claims far more frames than it holds.
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ class TooShort(ValueError):
     """The video does not hold one clip."""
 
 
+class TooSparse(ValueError):
+    """Resampling would repeat the frames received more than the upsampling cap allows."""
+
+
+class TooManyClips(ValueError):
+    """The video makes more clips than one upload may."""
+
+
 @dataclass
 class OfflineResult:
     segments: list[Segment]
@@ -42,9 +51,15 @@ async def detect(
     model_executor: Executor,
     cpu_executor: Executor,
     chunk_clips: int = 32,
+    max_clips: int | None = None,
+    max_upsample: int | None = None,
 ) -> OfflineResult:
-    """uint16 `frames[T, H, W]` with their timestamps -> segments and per-clip scores."""
+    """uint16 `frames[T, H, W]` with their timestamps -> segments and per-clip scores.
+
+    Raises `TooSparse` / `TooManyClips` (before any work) past `max_upsample` / `max_clips`.
+    """
     spec = engine.bundle.clip
+    check_cost(len(frames), timestamps_us, spec, max_clips, max_upsample)
     loop = asyncio.get_running_loop()
     timings: dict[str, float] = {"preprocess": 0.0, "visual_encoder": 0.0}
 
@@ -82,6 +97,37 @@ async def detect(
     segments = segment(probs, engine.bundle.activity_threshold)
     timings["postprocess"] = 1000 * (time.perf_counter() - start)
     return OfflineResult(segments, probs, kept, timings)
+
+
+def check_cost(
+    n_frames: int,
+    timestamps_us: np.ndarray,
+    spec: ClipSpec,
+    max_clips: int | None,
+    max_upsample: int | None,
+) -> None:
+    """Refuse a video whose cost is set by what it claims rather than by what it holds.
+
+    Resampling to the model's rate keeps one frame per tick over the video's span, repeating
+    frames where they are sparse: 2 frames claimed 10^5 s apart would make 10^6 kept frames.
+    Kept frames are capped at `max_upsample` per frame received (counting at least one clip's
+    worth), so the work stays proportional to the upload's size; clips at `max_clips`.
+    Computed in Python numbers (no int64 overflow), before the resampler allocates ticks.
+    """
+    span_us = max(0, int(timestamps_us[-1]) - int(timestamps_us[0]))
+    ticks = int(span_us * spec.kept_fps // 1_000_000) + 1  # the resampler's kept frames
+    if max_upsample is not None and ticks > max_upsample * max(n_frames, spec.clip_len):
+        raise TooSparse(
+            f"{n_frames} frames over {span_us / 1e6:g} s would be {ticks} frames at the model's "
+            f"{spec.kept_fps:g} fps, over {max_upsample} per frame received "
+            f"(GD_MAX_UPLOAD_UPSAMPLE): check the fps or the timestamps"
+        )
+    clips = num_clips(ticks, spec)
+    if max_clips is not None and clips > max_clips:
+        raise TooManyClips(
+            f"the video makes {clips} clips of {spec.clip_seconds:g} s, over the limit of "
+            f"{max_clips} (GD_MAX_UPLOAD_CLIPS)"
+        )
 
 
 def _clips(

@@ -11,6 +11,7 @@ from server.auth import Auth
 from server.batcher import MicroBatcher
 from server.engine import Engine, load_engine
 from server.metrics import Metrics
+from server.recording_worker import RecordingDecoder, remove_stale_spool_files
 from server.settings import Settings
 
 log = logging.getLogger("gd.server")
@@ -28,14 +29,23 @@ class Service:
     model_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="gd-model")
     )
-    # Decoding uploads (PNG, librealsense playback) off the event loop.
-    decode_executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="gd-decode")
-    )
+    # Decoding uploads off the event loop; a recording's thread waits on its decoder process,
+    # so there are two threads besides those: npy / zip uploads never queue behind recordings.
+    decode_executor: ThreadPoolExecutor = field(init=False)
+    recordings: RecordingDecoder = field(init=False)
     visual: MicroBatcher | None = None
     sequence: MicroBatcher | None = None
     active_streams: int = 0
     draining: bool = False
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.decode_executor = ThreadPoolExecutor(
+            s.max_decoders + 2, thread_name_prefix="gd-decode"
+        )
+        self.recordings = RecordingDecoder(
+            s.spool_dir, s.decode_timeout_s, s.decode_memory_bytes, s.max_decoders
+        )
 
     @classmethod
     def load(cls, settings: Settings) -> Service:
@@ -52,8 +62,9 @@ class Service:
         return cls(settings, bundle, engine, Auth(tokens))
 
     def start(self) -> None:
-        """Start the batchers (needs the running event loop)."""
+        """Clean the spool, start the batchers (needs the running event loop)."""
         s, m = self.settings, self.metrics
+        remove_stale_spool_files(s.spool_dir)
         wait = s.max_wait_ms / 1000
         self.visual = MicroBatcher(
             self.engine.encode_clips, self.model_executor, s.max_batch, wait,
@@ -71,8 +82,15 @@ class Service:
         for batcher in (self.visual, self.sequence):
             if batcher is not None:
                 await batcher.stop()
+        self.recordings.stop()  # a decoder stuck in librealsense must not outlive the server
         self.model_executor.shutdown(wait=False, cancel_futures=True)
         self.decode_executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def score_delay(self) -> int:
+        """Streams' score delay unless a hello asks another: the setting, else the bundle's."""
+        s = self.settings.score_delay
+        return self.bundle.score_delay if s is None else s
 
     def model_card(self) -> dict:
         return {**self.bundle.card(), "engine": self.engine.info}

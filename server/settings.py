@@ -42,25 +42,45 @@ class Settings:
     idle_timeout_s: float = 30.0
     send_timeout_s: float = 10.0
     max_frame_bytes: int = 16 * MiB  # largest WebSocket message
+    max_gap_s: float = 2.0  # a longer timestamp jump starts a new segment (docs/api.md)
+    max_stream_speed: float = 4.0  # x real time, once a stream's burst is spent
+    stream_burst_s: float = 60.0  # seconds of video a stream may send at any speed
+    # clips of future context for live scores, 0..T_w-1 (docs/api.md); None: the bundle's
+    # postprocess.score_delay, the delay its model card was measured with
+    score_delay: int | None = None
     top_k: int = 5
     # uploads
     max_upload_bytes: int = 256 * MiB
     max_decoded_bytes: int = 1024 * MiB  # decoded uint16 frames of one upload
     max_upload_frames: int = 30 * 60 * 30  # 30 minutes at 30 fps
     spool_dir: Path = Path("/dev/shm")  # where RealSense uploads live while read (RAM)
+    max_upload_clips: int = 3600  # clips one upload may make (an hour at the default model)
+    max_upload_upsample: int = 4  # kept frames per frame received (a sparse upload repeats)
+    max_decoders: int = 2  # RealSense recordings decoded at once, one process each
+    decode_timeout_s: float = 60.0  # a recording decoder running longer is killed
+    decode_memory_bytes: int = 4096 * MiB  # address space of one decoder process
     log_level: str = "info"
     demo: bool = False  # stream a synthetic scene into this server (make run)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise SettingsError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        for name in ("port", "threads", "max_batch", "max_streams", "queue_frames", "top_k"):
+        for name in (
+            *("port", "threads", "max_batch", "max_streams", "queue_frames", "top_k"),
+            *("max_upload_clips", "max_upload_upsample", "max_decoders", "decode_memory_bytes"),
+        ):
             low = 0 if name in ("port", "threads") else 1
             if getattr(self, name) < low:
                 raise SettingsError(f"{name} must be >= {low}, got {getattr(self, name)}")
-        for name in ("max_wait_ms", "idle_timeout_s", "send_timeout_s"):
+        for name in (
+            *("max_wait_ms", "idle_timeout_s", "send_timeout_s", "max_gap_s"),
+            *("max_stream_speed", "stream_burst_s"),
+            "decode_timeout_s",
+        ):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.score_delay is not None and self.score_delay < 0:
+            raise SettingsError(f"score_delay must be >= 0 clips, got {self.score_delay}")
         if any(not t or any(c.isspace() for c in t) for t in self.tokens):
             raise SettingsError("tokens must be non-empty and contain no whitespace")
 
@@ -123,8 +143,8 @@ def _parse(name: str, kind: str, raw: str) -> Any:
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no", ""):
                 raise ValueError(raw)
             return raw.lower() in ("1", "true", "yes")
-        if kind == "int":
-            return int(raw)
+        if kind in ("int", "int | None"):
+            return int(raw) if raw else None
         if kind == "float":
             return float(raw)
         if kind == "tuple[str, ...]":

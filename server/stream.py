@@ -9,16 +9,25 @@ binary message --(size, header checks)--> bounded frame queue (drops the oldest)
   --> `scores` event --> core Segmenter --> `action` start/end events
 ```
 
-Scores rule: when clip c completes, the sequence encoder runs over the features of clips
-`max(0, c - T_w + 1) .. c` and clip c's probabilities are its output at the last position.
-Each clip is encoded once; its feature is reused by the next T_w - 1 windows. A causal
-sequence encoder gives exactly what it gives offline on that window; a bidirectional one
-sees no future clips there (uploads average over full overlapping windows instead).
+Gaps: a timestamp jump over `max_gap_s` starts a new segment instead of resampling across it
+(which would synthesize a clip per clip period of the gap). The open action ends, the resampler,
+clip buffer and feature ring start afresh, a `timestamp_gap` warning says so, and clip numbers
+go on counting. So the clips a frame can make are bounded by `max_gap_s`, not by its timestamp.
+
+Scores rule: when clip e completes, the sequence encoder runs over the features of clips
+`max(0, e - T_w + 1) .. e` (of its segment). With a score delay d (clips, 0 by default),
+that run gives the scores of clip c = e - d, from its position in the window; at the end of
+the stream or a segment, the last window gives those of the clips still waiting. So with
+d = 0 clip c's scores come at once from the last position (a causal sequence encoder gives
+exactly what it gives offline), and with d > 0 a bidirectional encoder sees d future clips,
+for d clip steps of latency. Each clip is encoded once; its feature is reused by the next
+T_w - 1 windows.
 
 Three tasks per stream: `_receive` (WebSocket -> frame queue, never blocked by the model),
 `_frames` (queue -> clips, submitted to the visual batcher at once) and `_clips` (in clip
-order: feature -> window -> scores -> events). At most `MAX_PENDING_CLIPS` clips wait for the
-model; beyond that `_frames` waits and the frame queue drops its oldest frames.
+order: feature -> window -> scores -> events; a `_Gap` between two segments' clips). At most
+`MAX_PENDING_CLIPS` clips wait for the model; beyond that `_frames` waits and the frame queue
+drops its oldest frames.
 """
 
 from __future__ import annotations
@@ -34,13 +43,19 @@ from typing import Any
 import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from core.clip import DepthPreprocessor, TimestampError, TimestampResampler, clip_source_span
+from core.clip import (
+    ClipSpec,
+    DepthPreprocessor,
+    TimestampError,
+    TimestampResampler,
+    clip_source_span,
+)
 from core.postprocess import SegmentEnd, Segmenter, SegmentStart
 from core.realsense import to_millimetres
 from core.wire import (
     HEADER,
-    FrameTooLarge,
     Hello,
+    MessageTooLarge,
     Ready,
     WireError,
     decode_image,
@@ -48,6 +63,7 @@ from core.wire import (
     parse_json,
     unpack_header,
 )
+from server import querytokens
 from server.service import Service
 
 log = logging.getLogger("gd.server.stream")
@@ -55,6 +71,44 @@ log = logging.getLogger("gd.server.stream")
 MAX_PENDING_CLIPS = 4
 WARNING_INTERVAL_S = 1.0
 YIELD_EVERY = 8  # frames processed between yields to the event loop
+
+
+def check_score_delay(delay: int, spec: ClipSpec) -> None:
+    """A score delay must leave the clip inside the window that ends `delay` clips later."""
+    if not 0 <= delay <= spec.window - 1:
+        raise ValueError(
+            f"score_delay must be in [0, {spec.window - 1}] clips for this model "
+            f"(its window is {spec.window} clips), got {delay}"
+        )
+
+
+def latency_s(spec: ClipSpec, delay: int) -> float:
+    """Seconds from the start of a clip's span to the end of the span of the clip `delay`
+    later, when the clip's scores are due (model time excluded). Resampling adds nothing to
+    it: the last tick of a clip is decided by the first camera frame at or after it, which
+    comes before the span ends for any camera at least as fast as the model's rate."""
+    return (spec.clip_len + delay * spec.clip_step) / spec.kept_fps
+
+
+def streaming_card(service: Service) -> dict[str, Any]:
+    """What a stream gets unless its hello says otherwise (for `/v1/model`)."""
+    spec, delay = service.bundle.clip, service.score_delay
+    return {
+        "score_delay": delay,
+        "max_score_delay": spec.window - 1,
+        "latency_s": latency_s(spec, delay),
+    }
+
+
+def pace_delay(kept: int, elapsed_s: float, kept_fps: float, speed: float, burst_s: float) -> float:
+    """Seconds to wait so that `kept` frames (at `kept_fps`) stay within `burst_s` of video
+    plus `speed` x the `elapsed_s` of real time the stream has been open; 0 when within.
+
+    Timestamps cost the client nothing and compressed frames little, so without this a
+    stream could demand the work of hours of video (decodes, clips) in seconds.
+    """
+    ahead_s = kept / kept_fps - burst_s - speed * elapsed_s
+    return max(0.0, ahead_s / speed)
 
 
 class StreamError(Exception):
@@ -66,7 +120,7 @@ class StreamError(Exception):
 
 
 def _wire_error(e: WireError) -> StreamError:
-    close = 4413 if isinstance(e, FrameTooLarge) else 4400
+    close = 4413 if isinstance(e, MessageTooLarge) else 4400
     return StreamError(close, e.code, str(e))
 
 
@@ -79,10 +133,35 @@ class _Frame:
     image: np.ndarray | None = None  # decoded and preprocessed once, if kept
 
 
+@dataclass
+class _Segment:
+    """A run of frames without a timestamp gap: its own resampling grid and clip buffer."""
+
+    first_clip: int  # the stream-wide number of its first clip
+    offset_frames: int  # source frames (at the model's rate) from the stream's first frame
+    resampler: TimestampResampler
+    kept: deque[_Frame]  # the last clip_len kept frames
+    n_kept: int = 0
+
+
+@dataclass
+class _Gap:
+    """Queued between the clips of two segments."""
+
+    segment: _Segment  # the new one
+    gap_us: int
+    frame: _Frame  # the first frame after the gap
+
+
 async def serve(ws: WebSocket, service: Service) -> None:
     """The whole life of one stream; never raises."""
     await ws.accept()
     metrics, settings = service.metrics, service.settings
+    if keys := querytokens.sensitive_keys(ws.scope.get("query_string", b"")):
+        metrics.streams_closed.labels("4400").inc()
+        error = StreamError(4400, "token_in_url", querytokens.refusal_message(keys))
+        await _close(ws, error)
+        return
     if service.active_streams >= settings.max_streams or service.draining:
         metrics.streams_closed.labels("4429").inc()
         message = f"the server is at its limit of {settings.max_streams} streams"
@@ -146,6 +225,12 @@ async def _handshake(ws: WebSocket, service: Service) -> Hello:
     settings = service.settings
     message = await _receive(ws, settings.idle_timeout_s)
     if message.get("text") is None:
+        if len(message.get("bytes") or b"") > settings.max_frame_bytes:
+            raise StreamError(
+                4413,
+                "message_too_large",
+                f"message of {len(message['bytes'])} bytes exceeds {settings.max_frame_bytes}",
+            )
         raise StreamError(4400, "bad_request", "the first message must be a JSON hello (text)")
     try:
         data = parse_json(message["text"])
@@ -160,6 +245,11 @@ async def _handshake(ws: WebSocket, service: Service) -> Hello:
         hello = parse_hello(data)
     except WireError as e:
         raise _wire_error(e) from None
+    if hello.score_delay is not None:
+        try:
+            check_score_delay(hello.score_delay, service.bundle.clip)
+        except ValueError as e:
+            raise StreamError(4400, "bad_request", str(e)) from None
     frame_bytes = HEADER.size + 2 * hello.width * hello.height
     if frame_bytes > settings.max_frame_bytes:
         raise StreamError(
@@ -187,17 +277,34 @@ class StreamSession:
         self.max_message = min(
             self.settings.max_frame_bytes, HEADER.size + pixels + pixels // 64 + 1024
         )
-        self.resampler = TimestampResampler(spec.kept_fps)
+        # frames side (_frames): the segment being cut into clips
+        self.segment = self._segment(first_clip=0, offset_frames=0)
+        self.n_clips = 0
+        self.n_ticks = 0  # kept frames, repeats included: the work done, whatever the bytes
+        self.started = time.monotonic()
+        self.t0_us = self.last_us = -1  # first and last frame timestamps, once there are frames
+        # Never below two kept-frame periods: frames a client reduced to the model's rate
+        # are that far apart.
+        self.max_gap_us = max(self.settings.max_gap_s * 1e6, 2 * self.segment.resampler.period_us)
+        # clips side (_clips): the segment whose clips are being scored
+        self.scored = self.segment
         self.queue: deque[_Frame | None] = deque()  # None marks the end of the stream
         self.queue_ready = asyncio.Event()
         self.clips: asyncio.Queue = asyncio.Queue(MAX_PENDING_CLIPS)
-        self.kept: deque[_Frame] = deque(maxlen=spec.clip_len)
-        self.n_kept = 0
         self.features: deque[np.ndarray] = deque(maxlen=spec.window)
         self.segmenter = Segmenter(bundle.activity_threshold)
+        self.delay = self.service.score_delay if hello.score_delay is None else hello.score_delay
+        check_score_delay(self.delay, spec)  # the server's own setting: checked at start-up
+        self.delayed: deque[tuple[int, _Frame]] = deque()  # clips scored, not yet sent
+        self.window_probs: np.ndarray | None = None  # the newest window's output [len, C]
+        self.window_end = -1  # the clip it ends with
         self.received = self.dropped = self.dropped_unreported = 0
         self.last_warning = 0.0
         self.send_lock = asyncio.Lock()
+
+    def _segment(self, first_clip: int, offset_frames: int) -> _Segment:
+        resampler = TimestampResampler(self.spec.kept_fps)
+        return _Segment(first_clip, offset_frames, resampler, deque(maxlen=self.spec.clip_len))
 
     def ready(self) -> Ready:
         b = self.service.bundle
@@ -209,6 +316,8 @@ class StreamSession:
             causal=b.causal,
             sizes=tuple(self.sizes),
             max_frame_bytes=self.max_message,
+            score_delay=self.delay,
+            latency_s=latency_s(self.spec, self.delay),
         )
 
     async def send(self, event: dict[str, Any]) -> None:
@@ -241,7 +350,7 @@ class StreamSession:
             await asyncio.gather(*tasks, return_exceptions=True)
             while not self.clips.empty():  # clips still queued for the model: not needed now
                 item = self.clips.get_nowait()
-                if item is not None:
+                if isinstance(item, tuple):  # not a _Gap or the end marker
                     item[1].cancel()
         log.info(
             "stream %s ended: %d frames, %d dropped, %d clips",
@@ -307,25 +416,45 @@ class StreamSession:
             if self.dropped_unreported:
                 await self._warn_drops()
             since_yield += 1
-            if since_yield >= YIELD_EVERY:  # let the other streams' frames through
+            if delay := self._pace_delay():  # ahead of its allowance: the queue fills, then drops
+                since_yield = 0
+                await asyncio.sleep(delay)
+            elif since_yield >= YIELD_EVERY:  # let the other streams' frames through
                 since_yield = 0
                 await asyncio.sleep(0)
 
-    def _frame(self, frame: _Frame) -> list[tuple]:
-        """Resample one frame; returns `(clip, future, frame)` for each clip it completes."""
+    def _pace_delay(self) -> float:
+        s, elapsed = self.settings, time.monotonic() - self.started
+        return pace_delay(
+            self.n_ticks, elapsed, self.spec.kept_fps, s.max_stream_speed, s.stream_burst_s
+        )
+
+    def _frame(self, frame: _Frame) -> list[tuple | _Gap]:
+        """Resample one frame; returns `(clip, future, frame)` for each clip it completes,
+        after a `_Gap` if it starts a new segment."""
+        out: list[tuple | _Gap] = []
+        t = frame.timestamp_us
+        if self.t0_us < 0:
+            self.t0_us = t
+        elif t - self.last_us > self.max_gap_us:
+            offset = round((t - self.t0_us) * self.spec.source_fps / 1e6)
+            self.segment = self._segment(self.n_clips, offset)
+            out.append(_Gap(self.segment, t - self.last_us, frame))
+        seg, spec = self.segment, self.spec
         try:
-            ticks = self.resampler.push(frame.timestamp_us, frame)
+            ticks = seg.resampler.push(t, frame)
         except TimestampError as e:
             raise StreamError(4400, "bad_timestamp", str(e)) from None
-        out = []
+        self.last_us = t
+        self.n_ticks += len(ticks)
         for _, kept in ticks:
-            self.kept.append(self._prepare(kept))
-            self.n_kept += 1
-            n, spec = self.n_kept, self.spec
+            seg.kept.append(self._prepare(kept))
+            seg.n_kept += 1
+            n = seg.n_kept
             if n >= spec.clip_len and (n - spec.clip_len) % spec.clip_step == 0:
-                clip = np.stack([f.image for f in self.kept])
-                c = (n - spec.clip_len) // spec.clip_step
-                out.append((c, self.service.visual.submit(clip), frame))
+                clip = np.stack([f.image for f in seg.kept])
+                out.append((self.n_clips, self.service.visual.submit(clip), frame))
+                self.n_clips += 1
         return out
 
     def _prepare(self, frame: _Frame) -> _Frame:
@@ -350,7 +479,10 @@ class StreamSession:
         await self.send({
             "type": "warning",
             "code": "frames_dropped",
-            "message": f"server overloaded: dropped the {n} oldest queued frame(s)",
+            "message": (
+                f"dropped the {n} oldest queued frame(s): the server is overloaded, or the "
+                f"stream runs faster than {self.settings.max_stream_speed:g}x real time"
+            ),
             "dropped": n,
             "total_dropped": self.dropped,
         })  # fmt: skip
@@ -359,15 +491,18 @@ class StreamSession:
 
     async def _clips(self) -> None:
         while (item := await self.clips.get()) is not None:
+            if isinstance(item, _Gap):
+                await self._flush_delayed()
+                await self._new_segment(item)
+                continue
             c, feature_future, frame = item
             self.features.append(await feature_future)
-            window = np.stack(self.features)
-            probs = (await self.service.sequence.submit(window))[-1]
-            await self.send(self._scores_event(c, probs, frame))
-            self.metrics.clips.inc()
-            self.metrics.clip_latency.observe(time.monotonic() - frame.arrived)
-            for event in self.segmenter.push(probs):
-                await self.send(self._action_event(event))
+            self.window_probs = await self.service.sequence.submit(np.stack(self.features))
+            self.window_end = c
+            self.delayed.append((c, frame))
+            if len(self.delayed) > self.delay:
+                await self._score(*self.delayed.popleft())
+        await self._flush_delayed()
         for event in self.segmenter.flush():
             await self.send(self._action_event(event))
         await self.send({
@@ -377,18 +512,55 @@ class StreamSession:
             "frames_dropped": self.dropped,
         })  # fmt: skip
 
+    async def _score(self, c: int, frame: _Frame) -> None:
+        """Clip c's scores from its position in the newest window, and the events they make."""
+        probs = self.window_probs[len(self.window_probs) - 1 - (self.window_end - c)]
+        await self.send(self._scores_event(c, probs, frame))
+        self.metrics.clips.inc()
+        self.metrics.clip_latency.observe(time.monotonic() - frame.arrived)
+        for event in self.segmenter.push(probs):
+            await self.send(self._action_event(event))
+
+    async def _flush_delayed(self) -> None:
+        """End of the stream or of a segment: the clips still waiting, from the last window."""
+        while self.delayed:
+            await self._score(*self.delayed.popleft())
+
+    async def _new_segment(self, gap: _Gap) -> None:
+        """Between segments: close the open action, forget the old window, say why."""
+        for event in self.segmenter.flush():
+            await self.send(self._action_event(event))
+        self.segmenter = Segmenter(self.service.bundle.activity_threshold, gap.segment.first_clip)
+        self.features.clear()
+        self.scored = gap.segment
+        gap_s = gap.gap_us / 1e6
+        await self.send({
+            "type": "warning",
+            "code": "timestamp_gap",
+            "message": (
+                f"timestamps jumped {gap_s:.3f} s (more than {self.max_gap_us / 1e6:g} s): "
+                f"a new segment starts at clip {gap.segment.first_clip}; the gap is not scored"
+            ),
+            "gap_s": gap_s,
+            "clip": gap.segment.first_clip,
+            "frame_index": gap.frame.index,
+            "timestamp_us": gap.frame.timestamp_us,
+        })  # fmt: skip
+
     def _span(self, first: int, last: int) -> dict[str, Any]:
-        """Frames, seconds and the client's timestamps covered by clips first..last."""
-        spec = self.spec
-        start_frame, _ = clip_source_span(spec, first)
-        _, end_frame = clip_source_span(spec, last)
+        """Frames, seconds and the client's timestamps covered by clips first..last (of the
+        segment being scored). Frames and seconds count from the stream's first frame."""
+        spec, seg = self.spec, self.scored
+        a, b = first - seg.first_clip, last - seg.first_clip  # within the segment
+        start_frame = seg.offset_frames + clip_source_span(spec, a)[0]
+        end_frame = seg.offset_frames + clip_source_span(spec, b)[1]
         return {
             "start_frame": int(start_frame),
             "end_frame": int(end_frame),
             "start_s": start_frame / spec.source_fps,
             "end_s": (end_frame + 1) / spec.source_fps,
-            "start_timestamp_us": self.resampler.tick_time(first * spec.clip_step),
-            "end_timestamp_us": self.resampler.tick_time(last * spec.clip_step + spec.clip_len),
+            "start_timestamp_us": seg.resampler.tick_time(a * spec.clip_step),
+            "end_timestamp_us": seg.resampler.tick_time(b * spec.clip_step + spec.clip_len),
         }
 
     def _scores_event(self, c: int, probs: np.ndarray, frame: _Frame) -> dict[str, Any]:
@@ -427,8 +599,7 @@ class StreamSession:
             "type": "action",
             "state": "end",
             **seg.to_detection(self.spec, self.classes),
+            **self._span(seg.first_clip, seg.last_clip),  # counts the gaps, too
             "first_clip": seg.first_clip,
             "last_clip": seg.last_clip,
-            "start_timestamp_us": self._span(seg.first_clip, seg.last_clip)["start_timestamp_us"],
-            "end_timestamp_us": self._span(seg.first_clip, seg.last_clip)["end_timestamp_us"],
         }

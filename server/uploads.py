@@ -10,32 +10,44 @@ Formats are told by their first bytes, not their names:
 | `.db3` | `SQLite format 3` | the z16 depth stream | the recording's timestamps |
 | `.bag` | `#ROSBAG V2.0` | idem | idem |
 
-Limits are checked before anything is inflated: zip members' declared sizes and count, PNG
-headers (size, bit depth), npy headers (dtype, shape). librealsense reads recordings only
-from a path, so a recording is written to a private file in `spool_dir` (RAM-backed
-`/dev/shm` by default) and deleted as soon as it is read.
+Every byte is hostile until checked, and `decode` fails closed: whatever goes wrong while
+parsing an upload becomes an `UploadError` (a 4xx), never another exception. Limits hold
+before anything is allocated or inflated: `.npy` headers are parsed here, not by numpy (at
+most `NPY_MAX_HEADER` bytes, a strict grammar, every dimension checked), a zip's directory
+entries are counted before `zipfile` parses them, members' names, encryption, declared sizes
+and count are checked from the directory, and each member is
+inflated (stored, deflate, bzip2, lzma) with its output capped at its declared size, so a
+member that lies is stopped at the cap, not after. PNG headers are checked (size, bit depth)
+before any pixel is decoded. RealSense recordings are read by librealsense in a child process
+(`server.recording_worker`), never in the server's own.
 """
 
 from __future__ import annotations
 
+import bz2
 import io
 import logging
-import os
+import lzma
+import math
 import re
-import tempfile
+import struct
+import unicodedata
 import zipfile
+import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from core.clip import frame_timestamps_us
-from core.realsense import RealSenseError, RecordingTooLarge, read_depth
 from core.wire import WireError, png_size
+from server.recording_worker import RecordingDecoder, RecordingRejected
 
 log = logging.getLogger("gd.server.uploads")
 
 MAX_SIDE = 4096
+NPY_MAX_HEADER = 4096  # numpy writes ~128 bytes; a long header is only there to hurt the parser
+MAX_NAME = 255  # zip member names
+MAX_DIM_DIGITS = 18  # a dimension with more digits is over any limit (and over int64)
 
 
 class UploadError(ValueError):
@@ -54,11 +66,15 @@ def _too_large(message: str) -> UploadError:
     return UploadError(413, "too_large", message)
 
 
+def _unsupported(message: str) -> UploadError:
+    return UploadError(415, "unsupported_media_type", message)
+
+
 @dataclass(frozen=True)
 class Limits:
     max_frames: int
     max_pixel_bytes: int  # decoded uint16 frames, all together
-    spool_dir: Path
+    recordings: RecordingDecoder  # where .bag / .db3 uploads are read
 
 
 @dataclass(frozen=True)
@@ -77,29 +93,51 @@ def sniff(data: bytes) -> str:
         return "db3"
     if data.startswith(b"#ROSBAG V2.0"):
         return "bag"
-    raise UploadError(
-        415,
-        "unsupported_media_type",
+    raise _unsupported(
         "not a supported depth video: send .npy or .npz (uint16 T x H x W), a .zip of 16-bit "
-        "PNG frames, or a RealSense .bag / .db3 recording",
+        "PNG frames, or a RealSense .bag / .db3 recording"
     )
 
 
 def decode(data: bytes, fps: float | None, limits: Limits) -> Video:
-    """Decode an upload's bytes (blocking: run it off the event loop)."""
+    """Decode an upload's bytes (blocking: run it off the event loop); raises `UploadError`."""
+    try:
+        return _decode(data, fps, limits)
+    except UploadError:
+        raise
+    except RecordingRejected as e:
+        raise UploadError(e.status, e.code, e.message) from e
+    except MemoryError as e:
+        raise _too_large("the upload needs more memory to decode than the server has") from e
+    except Exception as e:  # a parser's fault on hostile bytes is the upload's, not the server's
+        log.warning("upload refused on an unexpected decoder error", exc_info=True)
+        raise _invalid(f"the upload cannot be decoded ({type(e).__name__})") from e
+
+
+def _decode(data: bytes, fps: float | None, limits: Limits) -> Video:
     kind = sniff(data)
     if kind == "npy":
-        frames = _check_frames(_load_npy(data, limits), limits)
+        frames = _load_frames(data, "the .npy upload", limits)
         return Video(frames, _timestamps(len(frames), fps, kind), kind)
     if kind == "zip":
         return _decode_zip(data, fps, limits)
-    return _decode_recording(data, kind, limits)
+    frames, timestamps = limits.recordings.decode(
+        data, kind, limits.max_frames, limits.max_pixel_bytes
+    )
+    return Video(_check_frames(frames, limits), timestamps, kind)
 
 
 def _timestamps(n: int, fps: float | None, kind: str) -> np.ndarray:
     if fps is None:
         raise UploadError(422, "fps_required", f"a .{kind} upload needs the fps query parameter")
-    return frame_timestamps_us(n, _check_fps(fps))
+    return frame_timestamps_us(n, check_fps(fps))
+
+
+def check_fps(fps: float) -> float:
+    """A usable frame rate: finite, in (0, 1000]."""
+    if not (math.isfinite(fps) and 0 < fps <= 1000):
+        raise UploadError(422, "invalid_fps", f"fps must be a number in (0, 1000], got {fps}")
+    return fps
 
 
 def _check_frames(frames: np.ndarray, limits: Limits) -> np.ndarray:
@@ -123,37 +161,112 @@ def _check_size(t: int, h: int, w: int, limits: Limits) -> None:
         )
 
 
-def _load_npy(data: bytes, limits: Limits) -> np.ndarray:
-    f = io.BytesIO(data)
-    try:
-        version = np.lib.format.read_magic(f)
-        read_header = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, fortran, dtype = read_header(f)
-    except ValueError as e:
-        raise _invalid(f"not a valid .npy file: {e}") from e
-    if dtype.kind != "u" or dtype.itemsize != 2:  # before reading any data
-        raise _invalid(f"depth must be uint16 millimetres, got {dtype}")
-    if len(shape) != 3:
-        raise _invalid(f"depth must be T x H x W, got shape {shape}")
-    _check_size(*shape, limits)
-    count = int(np.prod(shape))
-    offset = f.tell()
-    if len(data) - offset < 2 * count:
-        raise _invalid(f".npy data is truncated: {len(data) - offset} bytes for shape {shape}")
-    flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
-    return flat.reshape(shape, order="F" if fortran else "C")
+# --- .npy ------------------------------------------------------------------------------------
+
+# The header is a Python dict literal; only numpy's own flat form is accepted. Every repeat
+# is anchored by a mandatory separator, so matching is linear in the (capped) header length.
+_NPY_VALUE = r"'[^'\\]{0,64}'|True|False|\(\s*(?:-?\d+\s*,\s*)*(?:-?\d+\s*)?\)"
+_NPY_ENTRY = rf"'(\w{{1,16}})'\s*:\s*({_NPY_VALUE})"
+_NPY_DICT = re.compile(rf"\{{\s*{_NPY_ENTRY}\s*,\s*{_NPY_ENTRY}\s*,\s*{_NPY_ENTRY}\s*,?\s*\}}\s*")
+_NPY_DESCR = re.compile(r"[<>|=]?[iuf][1248]")
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    fortran: bool
+    offset: int  # where the data starts
+
+
+def npy_header(data: bytes, name: str) -> NpyHeader:
+    """Parse an `.npy` header without numpy's parser (which evaluates it with `ast`).
+
+    Refuses (422) anything but a plain integer or float array, and negative dimensions (413
+    for dimensions over any limit); zero dimensions and sizes are the caller's to check.
+    """
+    if not data.startswith(b"\x93NUMPY") or len(data) < 10:
+        raise _invalid(f"{name}: not a .npy array")
+    major = data[6]
+    if major not in (1, 2, 3):
+        raise _invalid(f"{name}: unsupported .npy format version {major}")
+    size_bytes = 2 if major == 1 else 4
+    length = int.from_bytes(data[8 : 8 + size_bytes], "little")
+    start = 8 + size_bytes
+    if length > NPY_MAX_HEADER:
+        raise _invalid(f"{name}: a .npy header of {length} bytes; at most {NPY_MAX_HEADER}")
+    if len(data) < start + length:
+        raise _invalid(f"{name}: the .npy header is truncated")
+    text = bytes(data[start : start + length]).decode("latin-1")
+    match = _NPY_DICT.fullmatch(text)
+    if match is None:
+        raise _invalid(f"{name}: not a valid .npy header (a plain numeric array is needed)")
+    fields = dict(zip(match.groups()[::2], match.groups()[1::2], strict=True))
+    if sorted(fields) != ["descr", "fortran_order", "shape"]:
+        raise _invalid(f"{name}: the .npy header needs descr, fortran_order and shape")
+    descr, fortran = fields["descr"].strip("'"), fields["fortran_order"]
+    if not _NPY_DESCR.fullmatch(descr) or fortran not in ("True", "False"):
+        raise _invalid(f"{name}: only plain integer or float arrays are accepted, got {descr!r}")
+    return NpyHeader(
+        np.dtype(descr), _shape(fields["shape"], name), fortran == "True", start + length
+    )
+
+
+def _shape(text: str, name: str) -> tuple[int, ...]:
+    if not text.startswith("("):
+        raise _invalid(f"{name}: the .npy shape must be a tuple, got {text[:40]}")
+    dims = re.findall(r"-?\d+", text)
+    if any(len(d.lstrip("-")) > MAX_DIM_DIGITS for d in dims):
+        raise _too_large(f"{name}: a dimension of the .npy shape is over any limit")
+    shape = tuple(int(d) for d in dims)
+    if any(d < 0 for d in shape):
+        raise _invalid(f"{name}: negative dimension in the .npy shape {shape}")
+    return shape
+
+
+def _npy_data(data: bytes, header: NpyHeader, name: str) -> np.ndarray:
+    """The array a checked header describes, read without a copy (dimensions checked)."""
+    count = math.prod(header.shape)
+    available = len(data) - header.offset
+    if available < count * header.dtype.itemsize:
+        raise _invalid(f"{name}: .npy data is truncated: {available} bytes for {header.shape}")
+    flat = np.frombuffer(data, dtype=header.dtype, count=count, offset=header.offset)
+    return flat.reshape(header.shape, order="F" if header.fortran else "C")
+
+
+def _load_frames(data: bytes, name: str, limits: Limits) -> np.ndarray:
+    header = npy_header(data, name)
+    if header.dtype.kind != "u" or header.dtype.itemsize != 2:  # before reading any data
+        raise _invalid(f"depth must be uint16 millimetres, got {header.dtype}")
+    if len(header.shape) != 3 or 0 in header.shape:
+        raise _invalid(f"depth must be T x H x W with T, H, W >= 1, got shape {header.shape}")
+    _check_size(*header.shape, limits)
+    return _check_frames(_npy_data(data, header, name), limits)
+
+
+# --- zip ------------------------------------------------------------------------------------
 
 
 def _decode_zip(data: bytes, fps: float | None, limits: Limits) -> Video:
+    # zipfile parses the whole directory up front, ~20 µs and ~300 bytes per entry: 45 MiB of
+    # 1-byte-named entries would cost it 20 s and 350 MiB. Each entry starts with this
+    # signature, so counting it bounds the entries before zipfile sees any (the slack is for
+    # chance occurrences in members' data).
+    entries = data.count(b"PK\x01\x02")
+    if entries > limits.max_frames + 2 + 64:
+        raise _too_large(
+            f"the zip's directory has up to {entries} files; the limit is {limits.max_frames}"
+        )
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-        members = [m for m in archive.infolist() if not m.is_dir()]
-    except (zipfile.BadZipFile, ValueError) as e:
+        infos = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, EOFError, struct.error) as e:
         raise _invalid(f"not a valid zip file: {e}") from e
+    except NotImplementedError as e:  # a zip format version zipfile does not know
+        raise _unsupported(f"unsupported zip file: {e}") from e
+    for i, info in enumerate(infos):  # before any use of a name
+        _member_name(info, i)
+    members = [m for m in infos if not m.is_dir()]
     if len(members) > limits.max_frames + 2:  # frames plus the .npz extras at most
         raise _too_large(f"the zip holds {len(members)} files; the limit is {limits.max_frames}")
     declared = sum(m.file_size for m in members)
@@ -163,45 +276,127 @@ def _decode_zip(data: bytes, fps: float | None, limits: Limits) -> Video:
         )
     names = [m.filename for m in members]
     if members and all(n.endswith(".npy") for n in names):
-        return _decode_npz(archive, fps, limits)
+        return _decode_npz(data, members, fps, limits)
     not_png = [n for n in names if not n.lower().endswith(".png")]
     if not_png or not members:
-        raise UploadError(
-            415,
-            "unsupported_media_type",
+        raise _unsupported(
             "a zip must hold only .png frames (or be an .npz); found "
-            + (", ".join(not_png[:5]) if not_png else "no files"),
+            + (", ".join(_printable(n) for n in not_png[:5]) if not_png else "no files")
         )
-    frames = _read_pngs(archive, sorted(members, key=lambda m: _natural(m.filename)), limits)
+    frames = _read_pngs(data, sorted(members, key=lambda m: _natural(m.filename)), limits)
     return Video(frames, _timestamps(len(frames), fps, "zip"), "png-zip")
+
+
+def _member_name(info: zipfile.ZipInfo, index: int) -> str:
+    """The member's name, refused (422) unless 1 to MAX_NAME printable characters."""
+    name = info.orig_filename  # zipfile cuts `filename` at a NUL
+    if not 0 < len(name) <= MAX_NAME or any(unicodedata.category(c) == "Cc" for c in name):
+        raise _invalid(
+            f"zip member {index + 1} has the name {_printable(name)!r}: names must be 1 to "
+            f"{MAX_NAME} printable characters"
+        )
+    return name
+
+
+def _printable(name: str, limit: int = 80) -> str:
+    """A name safe to put in a message: control characters replaced, length bounded."""
+    clean = "".join("?" if unicodedata.category(c) == "Cc" else c for c in name[:limit])
+    return clean + ("..." if len(name) > limit else "")
 
 
 def _natural(name: str) -> list:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
-def _read(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> bytes:
+def _read(data: bytes, member: zipfile.ZipInfo) -> bytes:
+    """A member's bytes, inflated with the output capped at its declared size."""
+    name = _printable(member.filename)
+    if member.flag_bits & 0x1:
+        raise _unsupported(f"{name}: encrypted zip members are not supported")
+    if member.compress_type not in _INFLATE:
+        raise _unsupported(
+            f"{name}: unsupported zip compression method {member.compress_type} (use stored, "
+            "deflate, bzip2 or lzma)"
+        )
+    raw = _raw_member(data, member, name)
     try:
-        return archive.read(member)  # at most member.file_size bytes, CRC-checked
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise _invalid(f"{member.filename}: corrupt zip member ({e})") from e
-    except NotImplementedError as e:
-        raise _invalid(f"{member.filename}: unsupported compression ({e})") from e
+        out, complete = _INFLATE[member.compress_type](raw, member.file_size + 1)
+    except (zlib.error, OSError, lzma.LZMAError, EOFError, ValueError) as e:
+        raise _invalid(f"{name}: corrupt zip member ({e})") from e
+    if len(out) > member.file_size:
+        raise _too_large(f"{name} inflates past its declared {member.file_size} bytes")
+    if not complete or len(out) != member.file_size or zlib.crc32(out) != member.CRC:
+        raise _invalid(f"{name}: corrupt zip member (size or CRC do not match)")
+    return out
 
 
-def _read_pngs(archive: zipfile.ZipFile, members: list, limits: Limits) -> np.ndarray:
+def _raw_member(data: bytes, member: zipfile.ZipInfo, name: str) -> memoryview:
+    """The compressed bytes of a member: after its local header, `compress_size` long."""
+    at = member.header_offset
+    header = bytes(data[at : at + 30])
+    if len(header) != 30 or not header.startswith(b"PK\x03\x04"):
+        raise _invalid(f"{name}: corrupt zip member (bad local header)")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    start = at + 30 + name_len + extra_len
+    raw = memoryview(data)[start : start + member.compress_size]
+    if len(raw) != member.compress_size:
+        raise _invalid(f"{name}: the zip member is truncated")
+    return raw
+
+
+def _stored(raw: memoryview, cap: int) -> tuple[bytes, bool]:
+    return bytes(raw[:cap]), True
+
+
+def _deflated(raw: memoryview, cap: int) -> tuple[bytes, bool]:
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # zip holds raw deflate streams
+    return inflater.decompress(raw, cap), inflater.eof
+
+
+def _bzip2(raw: memoryview, cap: int) -> tuple[bytes, bool]:
+    inflater = bz2.BZ2Decompressor()
+    return inflater.decompress(raw, cap), inflater.eof
+
+
+def _lzma(raw: memoryview, cap: int) -> tuple[bytes, bool]:
+    # zip's lzma: 2 bytes of version, 2 of properties size, then LZMA1 properties
+    # (one byte of lc/lp/pb, four of dictionary size) and the raw stream.
+    if len(raw) < 9:
+        raise ValueError("lzma header is truncated")
+    (size,) = struct.unpack("<H", raw[2:4])
+    props = bytes(raw[4 : 4 + size])
+    if size != 5 or props[0] >= 9 * 5 * 5:
+        raise ValueError("bad lzma properties")
+    lc, lp, pb = props[0] % 9, props[0] // 9 % 5, props[0] // 45
+    lzma1 = {"id": lzma.FILTER_LZMA1, "lc": lc, "lp": lp, "pb": pb}
+    lzma1["dict_size"] = int.from_bytes(props[1:5], "little")
+    inflater = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[lzma1])
+    # The stream may lack an end marker: size and CRC (checked by the caller) tell.
+    return inflater.decompress(raw[4 + size :], cap), True
+
+
+_INFLATE = {
+    zipfile.ZIP_STORED: _stored,
+    zipfile.ZIP_DEFLATED: _deflated,
+    zipfile.ZIP_BZIP2: _bzip2,
+    zipfile.ZIP_LZMA: _lzma,
+}
+
+
+def _read_pngs(data: bytes, members: list, limits: Limits) -> np.ndarray:
     import cv2
 
     frames = None
     for i, member in enumerate(members):
-        png = _read(archive, member)
+        png = _read(data, member)
+        name = _printable(member.filename)
         try:
             h, w, bit_depth, color_type = png_size(png)
         except WireError as e:
-            raise _invalid(f"{member.filename}: {e}") from e
+            raise _invalid(f"{name}: {e}") from e
         if (bit_depth, color_type) != (16, 0):
             raise _invalid(
-                f"{member.filename}: PNG must be 16-bit grayscale, got bit depth {bit_depth}, "
+                f"{name}: PNG must be 16-bit grayscale, got bit depth {bit_depth}, "
                 f"color type {color_type}"
             )
         if frames is None:
@@ -209,69 +404,53 @@ def _read_pngs(archive: zipfile.ZipFile, members: list, limits: Limits) -> np.nd
             frames = np.empty((len(members), h, w), np.uint16)
         elif (h, w) != frames.shape[1:]:
             raise _invalid(
-                f"{member.filename} is {w}x{h}, the first frame {frames.shape[2]}x"
+                f"{name} is {w}x{h}, the first frame {frames.shape[2]}x"
                 f"{frames.shape[1]}: all frames must have one size"
             )
         image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
         if image is None or image.shape != (h, w) or image.dtype != np.uint16:
-            raise _invalid(f"{member.filename}: corrupt or truncated PNG")
+            raise _invalid(f"{name}: corrupt or truncated PNG")
         frames[i] = image
     return frames
 
 
-def _decode_npz(archive: zipfile.ZipFile, fps: float | None, limits: Limits) -> Video:
-    arrays = {m.filename[:-4]: m for m in archive.infolist() if not m.is_dir()}
+# --- .npz -----------------------------------------------------------------------------------
+
+
+def _decode_npz(data: bytes, members: list, fps: float | None, limits: Limits) -> Video:
+    arrays = {m.filename[:-4]: m for m in members}
     extras = {"timestamps_us", "fps"}
     candidates = [k for k in arrays if k not in extras]
     key = "depth" if "depth" in arrays else (candidates[0] if len(candidates) == 1 else None)
     if key is None:
-        raise _invalid(f".npz must hold an array 'depth' (or a single array); has {candidates}")
-    frames = _check_frames(_load_npy(_read(archive, arrays[key]), limits), limits)
+        shown = [_printable(k, 40) for k in candidates[:5]]
+        raise _invalid(f".npz must hold an array 'depth' (or a single array); has {shown}")
+    name = _printable(arrays[key].filename)
+    frames = _load_frames(_read(data, arrays[key]), name, limits)
     if "timestamps_us" in arrays:
-        ts = _load_small(archive, arrays["timestamps_us"])
+        ts = _load_small(data, arrays["timestamps_us"], len(frames))
         if ts.dtype.kind not in "iu" or ts.shape != (len(frames),):
             raise _invalid(
                 f"timestamps_us must be {len(frames)} integers, got {ts.dtype} {ts.shape}"
             )
+        if ts.dtype == np.uint64 and ts.max() > np.iinfo(np.int64).max:
+            raise _invalid("timestamps_us must fit in int64 microseconds")
         return Video(frames, ts.astype(np.int64), "npz")
     if "fps" in arrays and fps is None:
-        value = _load_small(archive, arrays["fps"])
-        if value.size != 1 or value.dtype.kind not in "iuf":
-            raise _invalid(f"fps in the .npz must be one number, got {value.dtype} {value.shape}")
-        fps = _check_fps(float(value.reshape(())))
+        value = _load_small(data, arrays["fps"], 1)
+        if value.size != 1:
+            raise _invalid(f"fps in the .npz must be one number, got shape {value.shape}")
+        fps = check_fps(float(value.reshape(())))
     return Video(frames, _timestamps(len(frames), fps, "npz"), "npz")
 
 
-def _load_small(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> np.ndarray:
-    try:
-        return np.load(io.BytesIO(_read(archive, member)), allow_pickle=False)
-    except ValueError as e:
-        raise _invalid(f"{member.filename}: not a valid .npy array ({e})") from e
-
-
-def _check_fps(fps: float) -> float:
-    if not 0 < fps <= 1000:
-        raise UploadError(422, "invalid_fps", f"fps must be in (0, 1000], got {fps}")
-    return fps
-
-
-def _decode_recording(data: bytes, kind: str, limits: Limits) -> Video:
-    """librealsense plays back from a path only: a private file in RAM, deleted at once."""
-    spool = limits.spool_dir if limits.spool_dir.is_dir() else Path(tempfile.gettempdir())
-    if spool != limits.spool_dir:
-        log.warning("spool_dir %s does not exist; using %s", limits.spool_dir, spool)
-    fd, name = tempfile.mkstemp(suffix=f".{kind}", prefix="gd-upload-", dir=spool)  # mode 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        try:
-            rec = read_depth(name, max_frames=limits.max_frames, max_bytes=limits.max_pixel_bytes)
-        except RealSenseError as e:  # its message names the spool file: say "upload" instead
-            message = str(e).replace(name, "upload").replace(os.path.basename(name), "upload")
-            if isinstance(e, RecordingTooLarge):
-                raise _too_large(message) from e
-            raise _invalid(message) from e
-    finally:
-        os.unlink(name)
-    frames = _check_frames(rec.frames, limits)
-    return Video(frames, rec.timestamps_us, kind)
+def _load_small(data: bytes, member: zipfile.ZipInfo, max_items: int) -> np.ndarray:
+    """A number or a vector of at most `max_items`: the .npz's timing arrays."""
+    name = _printable(member.filename)
+    if member.file_size > NPY_MAX_HEADER + 16 + 8 * max_items:  # before inflating it
+        raise _invalid(f"{name}: {member.file_size} bytes for at most {max_items} numbers")
+    raw = _read(data, member)
+    header = npy_header(raw, name)
+    if math.prod(header.shape) > max_items:
+        raise _invalid(f"{name}: shape {header.shape}, at most {max_items} numbers")
+    return _npy_data(raw, header, name)

@@ -19,6 +19,7 @@ import numpy as np
 
 from core.clip import parse_size
 from core.files import atomic_write_text
+from synth.cameras import CAMERAS, camera_profile
 from synth.formats import (
     PKU_VIEWS,
     SYNTH_MARKER,
@@ -98,7 +99,7 @@ def classification_jobs(args: argparse.Namespace) -> list[dict]:
         sample = dict(
             action=int(action), subject=int(subject), camera=int(camera),
             replication=int(replication), setup=setup, seed=args.seed, size=args.size,
-            color_size=args.color_size, difficulty=args.difficulty,
+            color_size=args.color_size, difficulty=args.difficulty, depth_fov=args.depth_fov,
         )  # fmt: skip
         name = ntu_name(setup, sample["camera"], sample["subject"], sample["replication"], action)
         jobs.append(dict(root=str(args.out), name=name, modalities=args.modalities, **sample))
@@ -123,7 +124,7 @@ def detection_jobs(args: argparse.Namespace) -> tuple[list[dict], dict[str, int]
                 root=str(args.out), name=name, modalities=args.modalities,
                 seed=args.seed * 10_000 + session, subject=subject, camera=view + 1,
                 n_actions=int(session_rng.integers(lo, hi + 1)), size=args.size,
-                color_size=args.color_size, difficulty=args.difficulty,
+                color_size=args.color_size, difficulty=args.difficulty, depth_fov=args.depth_fov,
             )
         )  # fmt: skip
     return jobs, subjects
@@ -150,6 +151,34 @@ def frame_size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def depth_geometry(args: argparse.Namespace) -> tuple[tuple[int, int], tuple[float, float] | None]:
+    """(depth size, (hfov, vfov) or None) from --camera, --camera-scale and --size.
+
+    Without --camera: --size (default 96x128) with square pixels and the Kinect v2's horizontal
+    field of view, as gd-synth always rendered. With it: the camera's fields of view at its
+    size times --camera-scale, or at --size if that has the camera's aspect ratio.
+    """
+    if args.camera is None:
+        if args.camera_scale is not None:
+            raise ValueError("--camera-scale needs --camera")
+        return args.size or DEPTH_SIZE, None
+    camera = camera_profile(args.camera)
+    if args.size is not None:
+        if args.camera_scale is not None:
+            raise ValueError("give --size or --camera-scale, not both")
+        camera.check_size(args.size)
+        return args.size, camera.fov
+    size = camera.scaled_size(1.0 if args.camera_scale is None else args.camera_scale)
+    if min(size) < 16:
+        raise ValueError(f"--camera-scale gives {size[0]}x{size[1]}; frames need at least 16x16")
+    return size, camera.fov
+
+
+CAMERA_HELP = "depth camera profiles (--camera):\n" + "\n".join(
+    f"  {p.describe()}" for p in CAMERAS.values()
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gd-synth",
@@ -160,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "examples:\n  gd-synth classification --out data/ntu --samples 2000 --seed 0\n"
-            "  gd-synth detection --out data/pku --videos 60 --seed 0 --actions 10 25"
+            "  gd-synth detection --out data/pku --videos 60 --seed 0 --actions 10 25\n"
+            "  gd-synth detection --out data/pku --videos 60 --camera d435 --camera-scale 0.25\n\n"
+            + CAMERA_HELP
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -171,9 +202,23 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--size",
         type=frame_size,
-        default=DEPTH_SIZE,
         metavar="HxW",
-        help="depth frame size (default %(default)s as HxW: 96x128)",
+        help="depth frame size (default 96x128; with --camera: the camera's size times "
+        "--camera-scale, and a --size must have the camera's aspect ratio)",
+    )
+    common.add_argument(
+        "--camera",
+        choices=tuple(CAMERAS),
+        help="render depth with this camera's aspect ratio and fields of view: "
+        + "; ".join(p.describe() for p in CAMERAS.values())
+        + " (default: square pixels, 70.6 deg horizontal field of view, any --size)",
+    )
+    common.add_argument(
+        "--camera-scale",
+        type=float,
+        metavar="S",
+        help="with --camera: render at its resolution times S in (0, 1] for speed, "
+        "e.g. 0.25 (default 1)",
     )
     common.add_argument(
         "--color-size",
@@ -240,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         print("gd-synth: error: --difficulty must be in [0, 1]", file=sys.stderr)
         return 2
     try:
+        args.size, args.depth_fov = depth_geometry(args)
         if args.command == "classification":
             jobs, fn, classes = classification_jobs(args), write_classification, SOURCE_CLASSES
         else:

@@ -93,13 +93,15 @@ def _partner(subject: int, rng: np.random.Generator, difficulty: float) -> Subje
     return subject_profile(other + (other >= subject), difficulty)
 
 
-def _film(perf, setup, camera, difficulty, size, color_size, render_seed, replication=1):
+def _film(
+    perf, setup, camera, difficulty, size, color_size, render_seed, replication=1, depth_fov=None
+):
     rng = np.random.default_rng(render_seed)
     room = make_room(setup, difficulty)
     if perf.sits or len(perf.people) == 1:  # a chair behind single performers, used or not
         x, z, yaw = perf.chair
         room = room.with_boxes(chair(x, z, yaw, SEAT_HEIGHT, (0.35, 0.25, 0.2)))
-    cam = make_camera(camera, setup, rng, difficulty, size, color_size, room)
+    cam = make_camera(camera, setup, rng, difficulty, size, color_size, room, depth_fov)
     return record(
         perf, room, cam, rng, difficulty, view=camera, setup=setup, replication=replication
     )
@@ -117,11 +119,13 @@ def classification_sample(
     difficulty: float = DEFAULT_DIFFICULTY,
     classes: Sequence[int] = SOURCE_CLASSES,
     fps: float = 30.0,
+    depth_fov: tuple[float, float] | None = None,
 ) -> Recording:
     """One action (class id `action`, 1-based within `classes`), about 2-4 s, NTU-style.
 
     Replication 1 faces camera 2, replication 2 faces camera 3 (as in NTU RGB+D); two-person
-    actions stand side-on to camera 1.
+    actions stand side-on to camera 1. `depth_fov`: a camera profile's (horizontal, vertical)
+    field of view (`synth.cameras`); None keeps square pixels at the Kinect v2's horizontal one.
     """
     _check_classes(classes)
     _check_common(subject, camera, difficulty, size, color_size)
@@ -153,7 +157,9 @@ def classification_sample(
         start_posture=posture,
         facing=facing + jitter,
     )
-    return _film(perf, setup, camera, difficulty, size, color_size, [*key, camera], replication)
+    return _film(
+        perf, setup, camera, difficulty, size, color_size, [*key, camera], replication, depth_fov
+    )
 
 
 def detection_video(
@@ -168,12 +174,14 @@ def detection_video(
     setup: int | None = None,
     interactions: bool | None = None,
     fps: float = 30.0,
+    depth_fov: tuple[float, float] | None = None,
 ) -> Recording:
     """A long PKU-MMD-style video: `n_actions` actions from `classes` with pauses between.
 
     Pauses hold idle motion, unlabelled fidgets and unlabelled transitions (getting up after
     a fall; sitting down or standing up when those are not classes). `interactions`: whether a
     second person is present for two-person classes (None: drawn, one video in four).
+    `depth_fov` as in `classification_sample`.
     """
     _check_classes(classes)
     _check_common(subject, camera, difficulty, size, color_size)
@@ -213,7 +221,8 @@ def detection_video(
         fidgets=0.2 + 0.4 * difficulty,
         transition_labels=transitions,
     )
-    return _film(perf, setup, camera, difficulty, size, color_size, [seed, 0xF11, subject, camera])
+    render_seed = [seed, 0xF11, subject, camera]
+    return _film(perf, setup, camera, difficulty, size, color_size, render_seed, 1, depth_fov)
 
 
 # --- running many jobs -------------------------------------------------------------------------

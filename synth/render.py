@@ -96,12 +96,15 @@ def rasterize(a: np.ndarray, b: np.ndarray, ra, rb, intr: Intrinsics) -> Raster:
     visible = (a[..., 2] > 0.3) & (b[..., 2] > 0.3)
     ua, va = intr.cx + intr.fx * a[..., 0] / za, intr.cy - intr.fy * a[..., 1] / za
     ub, vb = intr.cx + intr.fx * b[..., 0] / zb, intr.cy - intr.fy * b[..., 1] / zb
-    pa, pb = intr.fx * ra / za, intr.fx * rb / zb  # radii in pixels
+    pa, pb = intr.fx * ra / za, intr.fx * rb / zb  # radii in pixels (x pixels)
+    # Capsules are round in "x pixels": rows are scaled by fx / fy (1 for square pixels).
+    sy = np.float32(intr.fx / intr.fy)
+    ya, yb = pa / sy, pb / sy  # radii in rows
 
     x0 = np.floor(np.maximum(np.minimum(ua - pa, ub - pb), 0)).astype(np.int32)
     x1 = np.ceil(np.minimum(np.maximum(ua + pa, ub + pb), w - 1)).astype(np.int32)
-    y0 = np.floor(np.maximum(np.minimum(va - pa, vb - pb), 0)).astype(np.int32)
-    y1 = np.ceil(np.minimum(np.maximum(va + pa, vb + pb), h - 1)).astype(np.int32)
+    y0 = np.floor(np.maximum(np.minimum(va - ya, vb - yb), 0)).astype(np.int32)
+    y1 = np.ceil(np.minimum(np.maximum(va + ya, vb + yb), h - 1)).astype(np.int32)
     visible &= (x1 >= x0) & (y1 >= y0)
     if not visible.any():
         return out
@@ -110,10 +113,11 @@ def rasterize(a: np.ndarray, b: np.ndarray, ra, rb, intr: Intrinsics) -> Raster:
     e = (..., None, None)  # per-capsule values against the pixel grid [T, N, bh, bw]
     gx = (x0[e] + np.arange(bw, dtype=np.int32)).astype(np.float32)
     gy = (y0[e] + np.arange(bh, dtype=np.int32)[:, None]).astype(np.float32)
-    dx, dy = (ub - ua)[e], (vb - va)[e]
+    gys, vas, vbs = gy * sy, va * sy, vb * sy  # rows in x pixels
+    dx, dy = (ub - ua)[e], (vbs - vas)[e]
     length2 = np.maximum(dx * dx + dy * dy, 1e-6)
-    t = np.clip(((gx - ua[e]) * dx + (gy - va[e]) * dy) / length2, 0.0, 1.0)
-    ex, ey = gx - (ua[e] + t * dx), gy - (va[e] + t * dy)
+    t = np.clip(((gx - ua[e]) * dx + (gys - vas[e]) * dy) / length2, 0.0, 1.0)
+    ex, ey = gx - (ua[e] + t * dx), gys - (vas[e] + t * dy)
     d2 = ex * ex + ey * ey
     rp = pa[e] + t * (pb - pa)[e]
     inside = (d2 < rp * rp) & (gx <= x1[e]) & (gy <= y1[e]) & visible[e]

@@ -41,6 +41,18 @@ class Intrinsics:
         fx = float((width / 2) / np.tan(np.radians(hfov_deg) / 2))
         return cls(fx, fx, (width - 1) / 2, (height - 1) / 2, width, height)
 
+    @classmethod
+    def from_fovs(cls, width: int, height: int, hfov_deg: float, vfov_deg: float) -> Intrinsics:
+        """Principal point at the centre; fx and fy from each axis' field of view, which spans
+        the image from the outer edge of its first pixel to that of its last."""
+        if width < 8 or height < 8:
+            raise SceneError(f"image size {width}x{height} is too small (at least 8x8)")
+        if not (0 < hfov_deg < 180 and 0 < vfov_deg < 180):
+            raise SceneError(f"fields of view must be in (0, 180) deg, got {hfov_deg}x{vfov_deg}")
+        fx = float((width / 2) / np.tan(np.radians(hfov_deg) / 2))
+        fy = float((height / 2) / np.tan(np.radians(vfov_deg) / 2))
+        return cls(fx, fy, (width - 1) / 2, (height - 1) / 2, width, height)
+
     def project(self, p: np.ndarray) -> np.ndarray:
         """Camera-space points [..., 3] -> pixel coordinates [..., 2] (x, y)."""
         z = np.maximum(p[..., 2], 1e-6)
@@ -277,11 +289,14 @@ def make_camera(
     depth_size: tuple[int, int],
     color_size: tuple[int, int],
     room: Room | None = None,
+    depth_fov: tuple[float, float] | None = None,
 ) -> Camera:
     """Camera `view` (1..3) of a setup: NTU-like heights and distances, jittered by difficulty.
 
     Given the `room`, the camera moves towards the performers until it stands inside the room
-    and clear of the furniture.
+    and clear of the furniture. `depth_fov` (horizontal, vertical degrees; a camera profile's,
+    `synth.cameras`) sets the depth camera's focal lengths; without it the depth camera has
+    square pixels and the Kinect v2's horizontal field of view at any size.
     """
     if view not in VIEW_ANGLES_DEG:
         raise SceneError(f"camera view must be 1, 2 or 3, got {view}")
@@ -299,7 +314,11 @@ def make_camera(
     return Camera(
         position=position,
         rotation=look_at(position, aim),
-        depth=Intrinsics.from_fov(w, h, DEPTH_HFOV_DEG),
+        depth=(
+            Intrinsics.from_fov(w, h, DEPTH_HFOV_DEG)
+            if depth_fov is None
+            else Intrinsics.from_fovs(w, h, *depth_fov)
+        ),
         color=Intrinsics.from_fov(wc, hc, COLOR_HFOV_DEG),
     )
 

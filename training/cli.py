@@ -87,6 +87,7 @@ def generate_data(cfg: Config, workdir: Path) -> dict[str, float]:
         del jobs["ntu"]
     actions = ["--actions", *map(str, cfg.synth.actions)]
     difficulty = [] if cfg.synth.difficulty is None else ["--difficulty", str(cfg.synth.difficulty)]
+    camera = [] if cfg.synth.camera is None else ["--camera", cfg.synth.camera]
     for layout, (kind, flag, count, modalities) in jobs.items():
         root, cache = workdir / "data" / layout, workdir / "cache" / layout
         t0 = time.perf_counter()
@@ -97,7 +98,7 @@ def generate_data(cfg: Config, workdir: Path) -> dict[str, float]:
             argv = [kind, "--out", str(root), flag, str(count), "--seed", str(cfg.synth.seed),
                     "--size", size, "--color-size", size, "--workers", str(cfg.prep.workers),
                     *(["--modalities", *images] if images else []), *difficulty,
-                    *(actions if kind == "detection" else [])]  # fmt: skip
+                    *(actions if kind == "detection" else []), *camera]  # fmt: skip
             if synth_cli.main(argv) != 0:
                 raise TrainingError(f"gd-synth {' '.join(argv)} failed")
             seconds[f"synth_{layout}"] = time.perf_counter() - t0
@@ -106,7 +107,7 @@ def generate_data(cfg: Config, workdir: Path) -> dict[str, float]:
             h, w = config_size("prep.size", cfg.prep.size)
             settings = PrepSettings(
                 dataset=layout, root=str(root.resolve()), modalities=tuple(modalities),
-                height=h, width=w, flow=cfg.prep.flow,
+                height=h, width=w, flow=cfg.prep.flow, fit=cfg.prep.fit,
                 split="xsub" if layout == "ntu" else "cross-subject",
             )  # fmt: skip
             prepare(settings, cache, workers=cfg.prep.workers, progress=cfg.train.progress)

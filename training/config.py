@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from core.clip import parse_size
+from core.clip import FITS, parse_size
+from synth.cameras import CAMERAS
 from training.cache import IMAGE_MODALITIES, MODALITIES
 from training.distillation import GraphKind, Metric
 
@@ -127,6 +128,7 @@ class SynthConfig:
         None  # gd-synth --difficulty (0 clean .. 1 hardest); None: its default
     )
     seed: int = 0
+    camera: str | None = None  # gd-synth --camera profile (synth/cameras.py); None: square pixels
 
 
 @dataclass
@@ -135,6 +137,7 @@ class PrepConfig:
 
     size: str = "112x112"
     flow: str = "tvl1"  # tvl1 (paper) | farneback (fast)
+    fit: str = "stretch"  # frames of another aspect ratio: stretch | crop | pad (core.clip.FITS)
     workers: int = 2
 
 
@@ -311,6 +314,9 @@ def validate(cfg: Config) -> None:
     _one_of("distill.method", d.method, METHODS)
     _one_of("distill.graph", d.graph, tuple(g.value for g in GraphKind))
     _one_of("distill.mode", d.mode, MODES)
+    _one_of("prep.fit", cfg.prep.fit, FITS)
+    if cfg.synth.camera is not None:
+        _one_of("synth.camera", cfg.synth.camera, tuple(CAMERAS))
     _one_of("distill.metric", d.metric, tuple(m.value for m in Metric))
     _modalities("source.modalities", cfg.source.modalities)
     _modalities("target.modalities", cfg.target.modalities)

@@ -174,6 +174,7 @@ def map_figures(gt: dict, pred: dict, num_classes: int) -> dict:
     return {
         "map_action": full["map_action"],
         "map_video": full["map_video"],
+        "ap_per_class": full["ap_per_class"],  # tIoU -> [L], class 1 first
         "ap_2d": full["ap_2d"],
         "num_videos": full["num_videos"],
         "num_instances": full["num_instances"],

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from core.clip import ClipSpec, DepthPreprocessor, TimestampResampler, parse_size
+from core.clip import FITS, ClipSpec, DepthPreprocessor, TimestampResampler, fit_regions, parse_size
 from core.files import atomic_write_text
 from training import skeleton_features
 from training.cache import (
@@ -56,6 +56,7 @@ class PrepSettings:
     flow: str = "tvl1"
     split: str = "xsub"
     version: int = 60
+    fit: str = "stretch"  # how frames of another aspect ratio become HxW (core.clip.FITS)
 
     @property
     def spec(self) -> ClipSpec:
@@ -66,6 +67,7 @@ class PrepSettings:
             width=self.width,
             depth_min_mm=self.depth_min_mm,
             depth_max_mm=self.depth_max_mm,
+            fit=self.fit,
         )
 
 
@@ -95,11 +97,21 @@ def prepare_depth(depth_dir: Path, s: PrepSettings) -> np.ndarray:
     return np.stack(out) if out else np.zeros((0, s.height, s.width), np.uint16)
 
 
+def fit_rgb(frame: np.ndarray, s: PrepSettings) -> np.ndarray:
+    """An RGB frame at HxW with the same fit (stretch, crop or pad with black) as depth."""
+    ((r0, r1), (c0, c1)), ((t0, t1), (l0, l1)) = fit_regions(
+        s.fit, frame.shape[:2], (s.height, s.width)
+    )
+    inner = cv2.resize(frame[r0:r1, c0:c1], (l1 - l0, t1 - t0), interpolation=cv2.INTER_AREA)
+    if inner.shape[:2] == (s.height, s.width):
+        return inner
+    out = np.zeros((s.height, s.width, 3), np.uint8)
+    out[t0:t1, l0:l1] = inner
+    return out
+
+
 def prepare_rgb(rgb_path: Path, s: PrepSettings) -> np.ndarray:
-    frames = [
-        cv2.resize(frame, (s.width, s.height), interpolation=cv2.INTER_AREA)
-        for frame in kept(iter_video_frames(rgb_path), s.fps, s.downsample)
-    ]
+    frames = [fit_rgb(frame, s) for frame in kept(iter_video_frames(rgb_path), s.fps, s.downsample)]
     return np.stack(frames) if frames else np.zeros((0, s.height, s.width, 3), np.uint8)
 
 
@@ -304,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "example: gd-prep --dataset pku --root data/pku --out cache/pku "
-            "--modalities depth rgb flow jjd --size 112x112 --flow farneback --workers 2"
+            "--modalities depth rgb flow jjd --size 96x128 --fit crop --flow farneback --workers 2"
         ),
     )
     p.add_argument(
@@ -328,6 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=(112, 112),
         metavar="HxW",
         help="frame size of image modalities (default 112x112)",
+    )
+    p.add_argument(
+        "--fit",
+        choices=FITS,
+        default="stretch",
+        help="frames of another aspect ratio than --size: stretch = scale each axis on its own "
+        "(default), crop = centre crop to the --size aspect ratio, pad = letterbox with invalid "
+        "depth (black RGB); written into the cache's clip spec, so the model and the server "
+        "use the same",
     )
     p.add_argument(
         "--downsample",
@@ -397,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         flow=args.flow,
         split=split,
         version=args.version,
+        fit=args.fit,
     )
     try:
         summary = prepare(settings, args.out, workers=max(args.workers, 1))

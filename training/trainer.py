@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from core.bundle import portable
 from core.clip import ClipSpec
 from core.files import atomic_output, atomic_write_text
 from training import data as D
@@ -445,14 +446,17 @@ def git_commit() -> str | None:
 
 
 def provenance(cfg: Config, stage: Stage) -> dict[str, Any]:
+    """Where a checkpoint came from. The command and the dataset's settings are made
+    `portable`: they travel into model bundles, which must not name this machine's folders.
+    `cache` stays as given, so that gd-export finds the cache here by default."""
     return {
         "stage": stage.name,
         "config": cfg.to_dict(),
-        "command": list(sys.argv),
+        "command": portable(list(sys.argv)),
         "seed": cfg.seed,
         "git_commit": git_commit(),
         "cache": str(stage.cache.root),
-        "dataset": stage.cache.meta.get("settings", {}),
+        "dataset": portable(stage.cache.meta.get("settings", {})),
         "torch": torch.__version__,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

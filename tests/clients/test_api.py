@@ -1,6 +1,7 @@
 """clients.api without a server: URLs, event parsing, error mapping, frame reduction, flow."""
 
 import asyncio
+import dataclasses
 import socket
 from types import SimpleNamespace
 
@@ -15,9 +16,9 @@ SPEC = ClipSpec(source_fps=30, downsample=3, clip_len=4, clip_step=4, window=4, 
                 height=8, width=8)  # fmt: skip
 
 
-def ready(sizes=((48, 64), (8, 8))) -> Ready:
+def ready(sizes=((48, 64), (8, 8)), spec: ClipSpec = SPEC) -> Ready:
     return Ready(
-        {"name": "m", "version": "1"}, SPEC, ("background", "a"), 0.4, True, sizes, 1 << 20
+        {"name": "m", "version": "1"}, spec, ("background", "a"), 0.4, True, sizes, 1 << 20
     )
 
 
@@ -108,6 +109,16 @@ def test_reducer_sends_the_models_frames_on_its_ticks():
     small = DepthPreprocessor(SPEC, 48, 64).to_millimetres
     for _, i, image in sent:
         assert image.shape == (8, 8) and np.array_equal(image, small(frames[i]))
+
+
+def test_reducer_keeps_the_aspect_ratio_the_model_was_trained_with():
+    """A pad model: a 4:3 frame becomes 6x8 of depth between invalid rows 0 and 7."""
+    spec = dataclasses.replace(SPEC, fit="pad")
+    reduce = api._Reducer(ready(spec=spec), 48, 64)
+    frame = np.random.default_rng(1).integers(600, 4000, (48, 64)).astype(np.uint16)
+    [(_, _, image)] = reduce(0, 1_000_000, frame)
+    np.testing.assert_array_equal(image, DepthPreprocessor(spec, 48, 64).to_millimetres(frame))
+    assert (image[[0, 7]] == 0).all() and (image[1:7] > 0).all()
 
 
 def test_reducer_sends_full_frames_to_a_server_that_wants_them():

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -6,12 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.clip import (
+    FITS,
     ClipSpec,
     ClipSpecError,
     DepthPreprocessor,
     TimestampError,
     TimestampResampler,
     clip_source_span,
+    fit_regions,
     frame_timestamps_us,
     num_clips,
     parse_size,
@@ -145,6 +148,113 @@ def test_to_millimetres_keeps_nearest_valid_depth():
     mm = DepthPreprocessor(spec, 2, 4).to_millimetres(frame)
     assert mm.dtype == np.uint16
     np.testing.assert_array_equal(mm, [[900, 0]])
+
+
+# --- fitting other aspect ratios -------------------------------------------------------------
+
+
+def test_fit_round_trips_validates_and_defaults_to_stretch():
+    spec = ClipSpec(height=48, width=64, fit="pad")
+    assert ClipSpec.from_json(spec.to_json()) == spec
+    old = {k: v for k, v in spec.to_dict().items() if k != "fit"}  # a model.json before `fit`
+    assert ClipSpec.from_dict(old).fit == "stretch"
+    with pytest.raises(ClipSpecError, match="fit must be one of stretch, crop, pad, got 'zoom'"):
+        ClipSpec(fit="zoom")
+
+
+@pytest.mark.parametrize(
+    ("fit", "in_shape", "out_shape", "source", "target"),
+    [
+        ("crop", (480, 640), (64, 64), ((0, 480), (80, 560)), ((0, 64), (0, 64))),
+        ("pad", (480, 640), (64, 64), ((0, 480), (0, 640)), ((8, 56), (0, 64))),
+        ("crop", (424, 512), (48, 64), ((20, 404), (0, 512)), ((0, 48), (0, 64))),
+        ("pad", (424, 512), (48, 64), ((0, 424), (0, 512)), ((0, 48), (3, 61))),
+        ("crop", (480, 848), (96, 128), ((0, 480), (104, 744)), ((0, 96), (0, 128))),
+        ("pad", (480, 848), (96, 128), ((0, 480), (0, 848)), ((12, 84), (0, 128))),
+        ("stretch", (480, 848), (96, 128), ((0, 480), (0, 848)), ((0, 96), (0, 128))),
+        ("crop", (240, 320), (48, 64), ((0, 240), (0, 320)), ((0, 48), (0, 64))),
+    ],
+)
+def test_fit_regions_keep_the_aspect_ratio(fit, in_shape, out_shape, source, target):
+    # e.g. pad 640 wide -> 64: height 480 * 64 / 640 = 48 rows, centred in 64: rows 8..56;
+    # crop 424x512 to 3:4: 512 * 3 / 4 = 384 rows, centred: 20..404.
+    assert fit_regions(fit, in_shape, out_shape) == (source, target)
+
+
+def shapes(low=1, high=40):
+    return st.tuples(st.integers(low, high), st.integers(low, high))
+
+
+def random_frame(rng, shape, hole_rate=0.3):
+    frame = rng.integers(0, 6000, size=shape).astype(np.uint16)
+    frame[rng.random(shape) < hole_rate] = 0
+    return frame
+
+
+@settings(max_examples=60, deadline=None)
+@given(fit=st.sampled_from(FITS), out=shapes(), seed=st.integers(0, 2**16), scale=st.integers(1, 3))
+def test_a_frame_of_the_models_aspect_is_only_resized(fit, out, seed, scale):
+    """Same aspect ratio (at the model's size or `scale` times it): every fit is stretch."""
+    spec = ClipSpec(height=out[0], width=out[1], fit=fit, mean=0.3, std=0.2)
+    frame = random_frame(np.random.default_rng(seed), (out[0] * scale, out[1] * scale))
+    got = DepthPreprocessor(spec, *frame.shape)(frame)
+    stretch = dataclasses.replace(spec, fit="stretch")
+    np.testing.assert_array_equal(got, DepthPreprocessor(stretch, *frame.shape)(frame))
+    # float32 vs float64 normalization: |error| <= a few ulp of 1 / std (0.2)
+    np.testing.assert_allclose(got, reference_preprocess(frame, spec), rtol=1e-6, atol=1e-6)
+    if scale == 1:  # at the model's size: validation and normalization only
+        unit = spec.depth_to_unit(frame)
+        np.testing.assert_array_equal(got, (unit - np.float32(0.3)) / np.float32(0.2))
+
+
+@settings(max_examples=60, deadline=None)
+@given(fit=st.sampled_from(("crop", "pad")), frame_shape=shapes(), out=shapes(1, 24),
+       seed=st.integers(0, 2**16))  # fmt: skip
+def test_crop_and_pad_match_a_per_pixel_reference(fit, frame_shape, out, seed):
+    """crop = stretch of the centred crop; pad = stretch into the centred box, invalid bands."""
+    spec = ClipSpec(height=out[0], width=out[1], fit=fit, depth_min_mm=400, depth_max_mm=5000)
+    frame = random_frame(np.random.default_rng(seed), frame_shape)
+    got = DepthPreprocessor(spec, *frame_shape)(frame)
+    ((r0, r1), (c0, c1)), ((t0, t1), (l0, l1)) = fit_regions(fit, frame_shape, out)
+    inner = ClipSpec(height=t1 - t0, width=l1 - l0, depth_min_mm=400, depth_max_mm=5000)
+    expected = np.zeros(out, np.float32)  # invalid
+    expected[t0:t1, l0:l1] = reference_preprocess(frame[r0:r1, c0:c1], inner)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0)
+    # The kept box has the frame's (pad) or the model's (crop) aspect ratio to within a pixel.
+    h, w = (r1 - r0, c1 - c0) if fit == "crop" else (t1 - t0, l1 - l0)
+    ref_h, ref_w = out if fit == "crop" else frame_shape
+    assert abs(h * ref_w - w * ref_h) <= max(ref_h, ref_w)
+
+
+@settings(max_examples=60, deadline=None)
+@given(fit=st.sampled_from(FITS), frame_shape=shapes(2, 60), out=shapes(1, 24),
+       seed=st.integers(0, 2**16))  # fmt: skip
+def test_only_valid_input_depth_reaches_the_output(fit, frame_shape, out, seed):
+    """Every output pixel is invalid or the depth of a valid input pixel (never an average),
+    and pad bands are invalid."""
+    spec = ClipSpec(height=out[0], width=out[1], fit=fit, depth_min_mm=500, depth_max_mm=4500)
+    frame = random_frame(np.random.default_rng(seed), frame_shape, hole_rate=0.5)
+    mm = DepthPreprocessor(spec, *frame_shape).to_millimetres(frame)
+    valid_in = frame[(frame >= 500) & (frame <= 4500)]
+    assert np.isin(mm[mm != 0], valid_in).all()
+    (t0, t1), (l0, l1) = fit_regions(fit, frame_shape, out)[1]
+    band = np.ones(out, bool)
+    band[t0:t1, l0:l1] = False
+    assert (mm[band] == 0).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(fit=st.sampled_from(FITS), frame_shape=shapes(2, 60), out=shapes(1, 24),
+       seed=st.integers(0, 2**16))  # fmt: skip
+def test_reduced_on_the_client_equals_the_server_on_raw_frames(fit, frame_shape, out, seed):
+    """A client reduces frames to the model's size (to_millimetres); the server preprocesses
+    them at that size: bit for bit what the server makes of the raw frame."""
+    spec = ClipSpec(height=out[0], width=out[1], fit=fit, mean=0.37, std=0.11)
+    frame = random_frame(np.random.default_rng(seed), (3, *frame_shape))
+    raw = DepthPreprocessor(spec, *frame_shape)
+    reduced = raw.to_millimetres(frame)
+    assert reduced.shape == (3, *out)
+    np.testing.assert_array_equal(DepthPreprocessor(spec, *out)(reduced), raw(frame))
 
 
 # --- resampling ------------------------------------------------------------------------------

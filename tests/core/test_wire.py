@@ -1,4 +1,6 @@
+import dataclasses
 import json
+import math
 import struct
 import zlib
 
@@ -11,12 +13,16 @@ from hypothesis import strategies as st
 from core.clip import ClipSpec
 from core.wire import (
     HEADER,
+    MAX_CONTROL_BYTES,
+    MAX_JSON_DEPTH,
     FrameTooLarge,
     Hello,
+    MessageTooLarge,
     Ready,
     WireError,
     decode_image,
     encode_image,
+    json_depth,
     pack_frame,
     parse_hello,
     parse_json,
@@ -173,12 +179,87 @@ def test_parse_json_errors():
     assert parse_json('{"type": "end"}') == {"type": "end"}
 
 
+def test_parse_json_caps_size_in_utf8_bytes():
+    pad = MAX_CONTROL_BYTES - len('{"type": "end", "p": ""}')
+    assert parse_json('{"type": "end", "p": "%s"}' % ("x" * pad))["type"] == "end"
+    with pytest.raises(MessageTooLarge, match=f"exceeds {MAX_CONTROL_BYTES}"):
+        parse_json('{"type": "end", "p": "%s"}' % ("x" * (pad + 1)))
+    with pytest.raises(MessageTooLarge):  # half as many characters, each two bytes
+        parse_json('{"type": "end", "p": "%s"}' % ("é" * (pad // 2 + 1)))
+    with pytest.raises(MessageTooLarge):
+        parse_json(b" " * (MAX_CONTROL_BYTES + 1))
+    assert not issubclass(MessageTooLarge, FrameTooLarge)
+    assert issubclass(FrameTooLarge, MessageTooLarge)  # a frame is a message
+
+
+def test_parse_json_caps_nesting():
+    def nested(depth):
+        return '{"type": "x", "a": ' + "[" * (depth - 1) + "]" * (depth - 1) + "}"
+
+    assert json_depth(parse_json(nested(MAX_JSON_DEPTH))) == MAX_JSON_DEPTH
+    for text in (nested(MAX_JSON_DEPTH + 1), "[" * 100_000, '{"a":' * 100_000):
+        with pytest.raises(WireError, match=f"deeper than {MAX_JSON_DEPTH}"):
+            parse_json(text)
+
+
+def test_parse_json_refuses_integers_too_long_to_convert():
+    with pytest.raises(WireError, match="not valid JSON"):
+        parse_json('{"type": "hello", "width": %s}' % ("9" * 5000))
+
+
+@pytest.mark.parametrize(
+    ("value", "depth"),
+    [(1, 0), ("s", 0), ([], 1), ({}, 1), ({"a": [1, {"b": 2}]}, 3), ([[], [[[]]]], 4)],
+)
+def test_json_depth(value, depth):
+    assert json_depth(value) == depth
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=8,
+)
+
+
+@given(field=st.sampled_from([*sorted(HELLO), "token", "score_delay"]), value=JSON)
+@settings(max_examples=300, deadline=None)
+def test_any_value_in_any_hello_field_is_a_hello_or_a_wire_error(field, value):
+    try:
+        hello = parse_hello({**HELLO, field: value})
+    except WireError as e:
+        assert len(str(e)) < 300
+    else:
+        assert math.isfinite(hello.fps) and 1 <= hello.width <= 4096
+
+
+@given(text=st.text(max_size=64) | st.binary(max_size=64))
+@settings(max_examples=300, deadline=None)
+def test_any_text_is_a_control_message_or_a_wire_error(text):
+    try:
+        message = parse_json(text)
+    except WireError:
+        return
+    assert isinstance(message, dict) and isinstance(message["type"], str)
+
+
 def test_hello_round_trip_and_defaults():
     hello = parse_hello(HELLO)
     assert hello == Hello("room-1", 64, 48, 30.0, 0.001, "raw")
     assert parse_hello(json.loads(json.dumps(hello.to_message()))) == hello
     minimal = {k: v for k, v in HELLO.items() if k != "encoding"}
     assert parse_hello(minimal).encoding == "raw"
+
+
+def test_hello_score_delay_is_optional():
+    assert parse_hello(HELLO).score_delay is None
+    assert "score_delay" not in parse_hello(HELLO).to_message()
+    delayed = parse_hello({**HELLO, "score_delay": 3})
+    assert delayed.score_delay == 3 and delayed.to_message()["score_delay"] == 3
+    assert parse_hello({**HELLO, "score_delay": None}).score_delay is None
+    for bad in (-1, 1001, 2.0, "3", True):
+        with pytest.raises(WireError, match="score_delay"):
+            parse_hello({**HELLO, "score_delay": bad})
 
 
 def test_hello_token_is_kept_but_never_shown():
@@ -202,6 +283,15 @@ def test_hello_token_is_kept_but_never_shown():
         ({"camera_id": ""}, "camera_id"),
         ({"camera_id": "a\nb"}, "camera_id"),
         ({"token": 5}, "token must be a string"),
+        ({"fps": float("nan")}, "'fps' must be a finite number"),
+        ({"fps": 10**400}, "'fps' must be a finite number, got 1000"),
+        ({"depth_units": float("-inf")}, "'depth_units' must be a finite number"),
+        ({"width": 10**5000}, r"width must be in \[1, 4096\], got <int too large to show>"),
+        ({"height": 10**100}, r"got 10{39}\.\.\.$"),
+        ({"protocol": 1.0}, "'protocol' must be int"),
+        ({"camera_id": ["a"]}, "'camera_id' must be str"),
+        ({"encoding": ["raw"]}, r"unknown encoding \['raw'\]"),
+        ({"encoding": "x" * 10_000}, r"unknown encoding 'x{39}\.\.\."),
         ({"colour": "red"}, "unknown field"),
     ],
 )
@@ -226,6 +316,10 @@ def test_ready_round_trip():
         max_frame_bytes=6144,
     )
     assert parse_ready(json.loads(json.dumps(ready.to_message()))) == ready
+    delayed = dataclasses.replace(ready, score_delay=2, latency_s=3.0)
+    assert parse_ready(json.loads(json.dumps(delayed.to_message()))) == delayed
+    older = {k: v for k, v in ready.to_message().items() if k not in ("score_delay", "latency_s")}
+    assert parse_ready(older) == ready  # a server from before the delay existed
 
 
 def test_malformed_ready():

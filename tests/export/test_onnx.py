@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import shutil
 
@@ -6,7 +7,16 @@ import onnx
 import pytest
 import torch
 
-from core.bundle import BundleError, check_encoder_shapes, load_bundle, sha256_file
+from core.bundle import (
+    BundleError,
+    absolute_paths,
+    check_encoder_shapes,
+    load_bundle,
+    portable,
+    sha256_file,
+    write_bundle_json,
+)
+from export.card import main as write_card
 from export.cli import main, trained_threshold
 from export.evaluate import CacheClips
 from export.onnx import (
@@ -19,8 +29,10 @@ from export.onnx import (
     ort_runner,
     recorded_cache,
     verify_bundle,
+    write_bundle,
 )
 from tests.export import ARCH, CLASSES, SPEC, exported, make_checkpoint
+from tests.server.tiny_bundle import make_bundle
 from training.checkpoint import load_checkpoint
 
 
@@ -36,7 +48,7 @@ def test_cli_writes_a_complete_bundle(made):
     assert meta["format_version"] == 1 and meta["name"] == "tiny"
     assert meta["version"] == "ckpt-" + sha256_file(ckpt_path)[:12]
     assert meta["classes"] == CLASSES and meta["clip"] == SPEC.to_dict()
-    assert meta["postprocess"] == {"activity_threshold": 0.4}
+    assert meta["postprocess"] == {"activity_threshold": 0.4, "score_delay": 0}
     assert meta["feature_dim"] == 8 * ARCH.width and meta["sequence"] == {"causal": False}
     for key in ("visual_encoder", "sequence_encoder"):
         assert meta["files"][key]["sha256"] == sha256_file(root / meta["files"][key]["path"])
@@ -142,3 +154,81 @@ def test_threshold_and_cache_default_to_what_training_used(tmp_path):
     assert recorded_cache({"dataset": {"cache": str(cache)}}) == cache
     assert recorded_cache({"cache": str(tmp_path / "gone")}) is None
     assert trained_threshold(load_checkpoint(make_checkpoint(tmp_path / "d.pt"))) == 0.4
+
+
+# --- no paths of the build machine in a bundle --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("/work/main/runs/default/data/pku", "runs/default/data/pku"),  # inside the base
+        ("/work/main", "."),
+        ("/mnt/data/pku", ".../pku"),  # outside: only its name
+        ("test clips of /mnt/cache/pku", "test clips of .../pku"),
+        ("--workdir=/work/main/runs/x", "--workdir=runs/x"),
+        ("runs/default/cache/pku", "runs/default/cache/pku"),  # relative already
+        ("http://host/v1/model", "http://host/v1/model"),
+        ("1/3 of the clips", "1/3 of the clips"),
+        ("a / b", "a / b"),
+    ],
+)
+def test_portable_paths(text, want):
+    assert portable({"k": [text]}, base="/work/main") == {"k": [want]}
+    assert absolute_paths({"k": [want]}) == []
+
+
+def test_an_export_records_no_folder_of_this_machine(tmp_path, monkeypatch, caplog):
+    work = tmp_path.resolve()
+    monkeypatch.chdir(work)
+    provenance = {
+        "dataset": {"dataset": "pku", "root": str(work / "runs" / "data" / "pku")},
+        "command": [str(work / ".venv/bin/gd-train"), "pipeline", "--workdir", str(work / "runs")],
+        "cache": "/elsewhere/cache/pku",
+    }
+    ckpt = make_checkpoint(work / "c.pt", provenance=provenance)
+    args = ["onnx", "--checkpoint", str(ckpt), "--out", "b", "--parity-random", "--no-evaluate"]
+    assert main(args) == 0
+    meta = json.loads((work / "b" / "model.json").read_text())
+    assert absolute_paths(meta) == []
+    training = meta["training"]
+    assert training["dataset"] == {"dataset": "pku", "root": "runs/data/pku"}
+    assert training["command"] == [".venv/bin/gd-train", "pipeline", "--workdir", "runs"]
+    assert (training["cache"], training["checkpoint"]) == (".../pku", "c.pt")
+    assert "made machine paths portable" not in caplog.text  # gd-export wrote them so
+    verify_bundle(work / "b")
+
+
+def test_model_json_is_written_portably_and_says_what_it_rewrote(tmp_path, caplog):
+    bundle = make_bundle(tmp_path / "b")
+    root = str(tmp_path.resolve() / "data" / "pku")
+    write_bundle_json(dataclasses.replace(bundle, training={"dataset": {"root": root}}))
+    assert "made machine paths portable in training.dataset.root" in caplog.text
+    assert load_bundle(bundle.root).training == {"dataset": {"root": ".../pku"}}
+
+
+def test_verify_refuses_a_bundle_naming_the_build_machine(tmp_path, capsys):
+    bundle = make_bundle(tmp_path / "b")
+    meta = json.loads((bundle.root / "model.json").read_text())
+    meta["training"] = {"dataset": {"root": "/mnt/x/data/pku"}, "command": ["/mnt/bin/x"]}
+    (bundle.root / "model.json").write_text(json.dumps(meta))
+    load_bundle(bundle.root)  # the server still runs it
+    assert main(["verify", "--bundle", str(bundle.root)]) == 1
+    err = capsys.readouterr().err
+    assert "absolute paths" in err and "training.dataset.root, training.command[0]" in err
+    assert write_card([str(bundle.root)]) == 0  # the fix the message names
+    assert main(["verify", "--bundle", str(bundle.root)]) == 0
+    assert load_bundle(bundle.root).training["dataset"]["root"] == ".../pku"
+
+
+def test_the_score_delay_is_recorded_and_checked_against_the_window(tmp_path):
+    path = make_checkpoint(tmp_path / "c.pt")
+    ckpt = load_checkpoint(path)
+    window = ckpt.clip.window
+    (tmp_path / "b").mkdir()
+    (tmp_path / "bad").mkdir()
+    bundle = write_bundle(ckpt, path, tmp_path / "b", "b", "1", score_delay=window - 1)
+    assert load_bundle(bundle.root).score_delay == window - 1
+    write_bundle(ckpt, path, tmp_path / "bad", "b", "1", score_delay=window)
+    with pytest.raises(BundleError, match="score_delay must be in"):
+        load_bundle(tmp_path / "bad")

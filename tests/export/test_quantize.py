@@ -104,8 +104,9 @@ def test_a_variant_losing_too_much_is_refused(
 def test_cli_refusal_exits_1_and_reports_figures(made, tmp_path, capsys):
     _, cache, src = made
     out = tmp_path / "int8"
-    args = ["quantize", "--bundle", str(src), "--out", str(out), "--calibration-clips", "8",
-            "--max-map-loss", "-1", "--threads", "1", "--timing-seconds", "0"]  # fmt: skip
+    args = ["quantize", "--bundle", str(src), "--out", str(out), "--cache", str(cache),
+            "--calibration-clips", "8", "--max-map-loss", "-1", "--threads", "1",
+            "--timing-seconds", "0"]  # fmt: skip
     assert main(args) == 1  # any variant loses more than -1 points
     err = capsys.readouterr().err
     assert "mAP@0.5 loss" in err and "nothing was written" in err and "calibrating" in err
@@ -116,5 +117,6 @@ def test_cli_refusal_exits_1_and_reports_figures(made, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["quantize", "--bundle", str(src), "--out", str(out), "--precision", "int4"])
     # a variant is not quantized again
-    assert main(["quantize", "--bundle", str(out), "--out", str(tmp_path / "again")]) == 1
+    again = tmp_path / "again"
+    assert main(["quantize", "--bundle", str(out), "--out", str(again), "--cache", str(cache)]) == 1
     assert "start from the FP32 one" in capsys.readouterr().err

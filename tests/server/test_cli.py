@@ -9,7 +9,8 @@ import time
 
 import httpx
 
-from server.cli import main
+from server.cli import WS_MARGIN, main, uvicorn_config
+from server.settings import Settings
 
 
 def test_refuses_to_start_without_tokens(tiny_bundle, capsys):
@@ -25,6 +26,12 @@ def test_refuses_no_auth_on_a_public_bind(tiny_bundle, capsys):
 def test_missing_model_is_a_clear_error(tmp_path, capsys):
     assert main(["--model", str(tmp_path / "nothing"), "--no-auth"]) == 2
     assert "not a model bundle" in capsys.readouterr().err
+
+
+def test_a_score_delay_beyond_the_models_window_is_a_clear_error(tiny_bundle, capsys):
+    argv = ["--model", str(tiny_bundle.root), "--no-auth", "--score-delay", "4"]
+    assert main(argv) == 2
+    assert "score_delay must be in [0, 3] clips for this model" in capsys.readouterr().err
 
 
 def test_tensorrt_without_it_is_a_clear_error(tiny_bundle, capsys):
@@ -56,6 +63,9 @@ def test_serves_from_the_command_line(tiny_bundle, tmp_path):
         assert r.json()["max_streams"] == 3  # from the environment
         auth = {"Authorization": "Bearer cli-token"}
         assert httpx.get(f"http://127.0.0.1:{port}/v1/model", headers=auth).status_code == 200
+        # a token in the URL: refused, and the access log (stdout, at info) shows it redacted
+        r = httpx.get(f"http://127.0.0.1:{port}/v1/model?token=cli-token", headers=auth)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "token_in_url"
     finally:
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=20)[0]
@@ -63,3 +73,13 @@ def test_serves_from_the_command_line(tiny_bundle, tmp_path):
     assert proc.returncode in (0, -signal.SIGTERM), out
     assert "Finished server process" in out
     assert "cli-token" not in out
+    assert '"GET /v1/model?token=*** HTTP/1.1" 400' in out
+
+
+def test_uvicorn_reads_messages_past_the_servers_own_limit(tiny_bundle):
+    """uvicorn's WebSocket limit sits above max_frame_bytes, so the server's check (4413)
+    sees every message just over its limit; uvicorn's 1009 only cuts far larger ones."""
+    settings = Settings(model=tiny_bundle.root, max_frame_bytes=1000)
+    config = uvicorn_config(None, settings)
+    assert config.ws_max_size == 1000 + WS_MARGIN
+    assert uvicorn_config(None, settings, ws_max_size=5).ws_max_size == 5  # overrides win

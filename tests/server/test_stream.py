@@ -396,8 +396,9 @@ def test_client_that_stops_reading_is_dropped(make_server, test_settings, tmp_pa
 def test_overload_drops_oldest_frames_and_warns(make_server, test_settings):
     live = make_server(dataclasses.replace(test_settings, queue_frames=8, max_wait_ms=50))
     r = stream(live.ws_url)
-    warnings = r.of("warning")
-    assert warnings and warnings[0]["code"] == "frames_dropped"
+    # Drops can also leave a timestamp jump over max_gap_s: a `timestamp_gap` warning.
+    warnings = [w for w in r.of("warning") if w["code"] == "frames_dropped"]
+    assert warnings and r.of("warning")[0]["code"] == "frames_dropped"
     end = r.events[-1]
     assert end["frames_dropped"] > 0 and end["frames_received"] == 150
     assert warnings[-1]["total_dropped"] <= end["frames_dropped"]

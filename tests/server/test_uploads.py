@@ -9,13 +9,18 @@ import pytest
 
 from core.clip import frame_timestamps_us
 from core.realsense import record_depth
+from server.recording_worker import RecordingDecoder
 from server.uploads import Limits, UploadError, decode, sniff
 from tests.server.live import npy_bytes
 
 
+def recordings(spool_dir):
+    return RecordingDecoder(spool_dir, timeout_s=60, memory_bytes=2 << 30, max_processes=1)
+
+
 @pytest.fixture
 def limits(tmp_path):
-    return Limits(max_frames=100, max_pixel_bytes=100 * 48 * 64 * 2, spool_dir=tmp_path)
+    return Limits(100, 100 * 48 * 64 * 2, recordings(tmp_path))
 
 
 @pytest.fixture
@@ -153,7 +158,7 @@ def test_db3_recording(frames, limits, tmp_path):
 
 def test_db3_over_the_limit_and_corrupt(frames, tmp_path):
     record_depth(tmp_path / "r.db3", frames, frame_timestamps_us(20, 30), fps=30)
-    small = Limits(max_frames=5, max_pixel_bytes=1 << 30, spool_dir=tmp_path)
+    small = Limits(5, 1 << 30, recordings(tmp_path))
     e = error((tmp_path / "r.db3").read_bytes(), None, small)
     assert e.status == 413 and "more than 5 depth frames" in e.message
     assert "gd-upload-" not in e.message  # the spool file's name is not shown

@@ -55,3 +55,38 @@ def test_detection_tree_has_splits_labels_and_is_deterministic(tmp_path):
 def test_bad_arguments_exit_2(tmp_path, capsys, argv, message):
     assert main([*argv, "--out", str(tmp_path / "x"), *TINY]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_camera_profiles_set_the_frame_shape_and_are_recorded(tmp_path, capsys):
+    out = tmp_path / "pku"
+    args = ["detection", "--out", str(out), "--videos", "1", "--actions", "1", "1",
+            "--modalities", "depth", "--color-size", "16x16", "--workers", "1"]  # fmt: skip
+    assert main([*args, "--camera", "d435", "--camera-scale", "0.05"]) == 0
+    video = PKUMMDDataset(out, split="cross-view", subset="test")[0]
+    assert video.load_depth().shape[1:] == (24, 42)  # 480x848 * 0.05, rounded
+    options = json.loads((out / "gd-synth.json").read_text())["options"]
+    assert options["camera"] == "d435" and options["size"] == [24, 42]
+    assert options["depth_fov"] == [87.0, 58.0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--camera", "kinect-v2", "--size", "48x48"], "does not have the kinect-v2 aspect"),
+        (["--camera-scale", "0.5"], "--camera-scale needs --camera"),
+        (["--camera", "d435", "--camera-scale", "0.5", "--size", "24x42"], "not both"),
+        (["--camera", "d435", "--camera-scale", "0.01"], "frames need at least 16x16"),
+    ],
+)
+def test_bad_camera_options_exit_2(tmp_path, capsys, extra, message):
+    argv = ["classification", "--samples", "1", "--out", str(tmp_path / "x"), *extra]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_lists_the_camera_profiles(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "d435: RealSense D435 depth, 16:9, 848x480, 87x58 deg" in text
+    assert "kinect-v2: Kinect v2 depth (NTU RGB+D, PKU-MMD), 512x424, 70.6x60 deg" in text

@@ -165,3 +165,39 @@ def test_optical_flow_recovers_a_known_shift(method):
     centre = flow[0, 16:28, 16:28].reshape(-1, 2).mean(axis=0)
     np.testing.assert_allclose(centre, [2.0, 1.0], atol=0.5)
     np.testing.assert_array_equal(flow[2], flow[1])  # the last frame repeats the previous flow
+
+
+@pytest.mark.parametrize("fit", ["crop", "pad"])
+def test_fit_reduces_frames_as_the_server_does_and_is_written_to_the_clip_spec(tmp_path, fit):
+    """4:3 frames (24x32) into a square 8x8 input: the cache holds what the server's
+    preprocessor makes of them, and the cache's clip spec carries the fit to the model."""
+    rng = np.random.default_rng(5)
+    write_ntu_tree(tmp_path / "ntu", rng)
+    root, out = str(tmp_path / "ntu"), str(tmp_path / "c")
+    argv = ["--dataset", "ntu", "--root", root, "--out", out, "--modalities", "depth", "rgb",
+            "--size", "8x8", "--fit", fit, "--workers", "1"]  # fmt: skip
+    assert main(argv) == 0
+    cache = Cache(tmp_path / "c")
+    assert cache.meta["clip"]["fit"] == fit and cache.meta["settings"]["fit"] == fit
+    spec = settings(tmp_path / "ntu", ["depth"], fit=fit).spec
+    sample = next(x for x in NTUDataset(tmp_path / "ntu", subset="test"))
+    i = cache.index[sample.name]
+    depth = cache.frames("depth", i, np.arange(len(KEPT)))
+    expected = DepthPreprocessor(spec, 24, 32).to_millimetres(sample.load_depth()[KEPT])
+    np.testing.assert_array_equal(depth, expected)
+    rgb = cache.frames("rgb", i, np.arange(len(KEPT)))
+    if fit == "pad":  # 24x32 -> 6x8 in rows 1..6; rows 0 and 7 are invalid depth, black RGB
+        assert (depth[:, [0, 7]] == 0).all() and (rgb[:, [0, 7]] == 0).all()
+        assert (depth[:, 1:7] > 0).any() and (rgb[:, 1:7] > 0).any()
+    else:  # the centred 24x24 (columns 4..28) only
+        crop = DepthPreprocessor(settings(tmp_path, ["depth"]).spec, 24, 24)
+        np.testing.assert_array_equal(
+            depth, crop.to_millimetres(sample.load_depth()[KEPT][:, :, 4:28])
+        )
+
+
+def test_unknown_fit_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--dataset", "ntu", "--root", str(tmp_path), "--out", str(tmp_path / "c"),
+              "--fit", "zoom"])  # fmt: skip
+    assert "invalid choice: 'zoom'" in capsys.readouterr().err

@@ -1,0 +1,168 @@
+"""Training = serving: one camera-shaped recording reaches the visual encoder bit for bit the
+same through `gd-prep` + the training reader, and through the server (upload, a raw stream,
+and a stream the Python client reduced to the model's size first), for every `fit`.
+
+The recording: a gd-synth detection video rendered with the RealSense D435 4:3 profile at
+48x64, written as a PKU-MMD tree (16-bit PNGs, what gd-prep reads) and as a `.db3` through
+librealsense (what the server and the clients read). The model takes 24x24, so crop and pad
+change the geometry. The tiny ONNX model's visual encoder is wrapped (in this test, not in the
+server) to keep a copy of every clip it is given.
+"""
+
+import asyncio
+import dataclasses
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from clients.api import Client
+from clients.sources import open_file
+from core.clip import FITS, frame_timestamps_us
+from core.realsense import read_depth, record_depth
+from server.app import create_app
+from server.service import Service
+from synth.cameras import camera_profile
+from synth.formats import write_pku_splits, write_pku_video
+from synth.generate import detection_video
+from tests.server import conftest as server_fixtures
+from tests.server import live
+from tests.server.tiny_bundle import make_bundle
+from training.cache import Cache
+from training.data import Normalizer, clip_spec, video_inputs
+from training.prep import PrepSettings, prepare
+
+tiny_bundle, test_settings = server_fixtures.tiny_bundle, server_fixtures.test_settings
+MODEL_SIZE = (24, 24)
+GEOMETRY = dict(clip_len=4, clip_step=4, window=4, window_step=2)  # the tiny model's
+VIDEOS = ("0001-M", "0002-M")  # the same recording as a training and a test video
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    """(PKU-MMD root, .db3 path) of one 4:3 video."""
+    camera = camera_profile("d435-vga")
+    size = camera.scaled_size(0.1)
+    assert size == (48, 64)
+    rec = detection_video(seed=5, subject=1, camera=1, n_actions=2, size=size,
+                          color_size=(16, 16), difficulty=0.5, depth_fov=camera.fov)  # fmt: skip
+    assert len(rec.depth) >= 90  # at least 7 clips at 10 fps
+    root = tmp_path_factory.mktemp("pku")
+    for name in VIDEOS:
+        write_pku_video(root, name, rec.joints, rec.tracked, rec.segments, depth=rec.depth)
+    write_pku_splits(root, (VIDEOS[:1], VIDEOS[1:]), (VIDEOS[:1], VIDEOS[1:]))
+    db3 = root / "ward-bed.db3"
+    record_depth(db3, rec.depth, frame_timestamps_us(len(rec.depth), rec.fps) + 10**6, rec.fps)
+    return root, db3
+
+
+class ClipRecorder:
+    """Wraps the engine's visual encoder: keeps a copy of every clip it encodes, in order."""
+
+    def __init__(self, visual):
+        self.visual, self.clips = visual, []
+
+    def __call__(self, clips: np.ndarray) -> np.ndarray:
+        self.clips.extend(np.array(clips, copy=True))
+        return self.visual(clips)
+
+    def take(self) -> np.ndarray:
+        out, self.clips = np.stack(self.clips), []
+        return out
+
+
+@pytest.mark.parametrize("fit", FITS)
+def test_one_recording_reaches_the_encoder_identically_in_training_and_serving(
+    recording, fit, tmp_path, test_settings, monkeypatch
+):
+    root, db3 = recording
+    # Training: gd-prep's code path into a cache, then the training reader's clips.
+    settings = PrepSettings(dataset="pku", root=str(root), modalities=("depth",),
+                            height=MODEL_SIZE[0], width=MODEL_SIZE[1], fit=fit,
+                            split="cross-subject")  # fmt: skip
+    prepare(settings, tmp_path / "cache", workers=1, progress=False)
+    cache = Cache(tmp_path / "cache")
+    spec = clip_spec(cache, **GEOMETRY)
+    assert spec.fit == fit and 0 < spec.std != 1.0  # the cache's statistics
+    trained = video_inputs(cache, cache.index[VIDEOS[1]], Normalizer(cache, "depth", spec), spec)
+    assert trained.dtype == np.float32 and trained.shape[1:] == (4, *MODEL_SIZE)
+    assert len(trained) >= 7
+
+    # Serving: a model with the cache's clip spec, its encoder's input recorded.
+    bundle = make_bundle(tmp_path / "bundle", spec=spec)
+    server_settings = dataclasses.replace(test_settings, model=bundle.root)
+    service = Service.load(server_settings)
+    recorder = ClipRecorder(service.engine.visual)
+    service.engine.visual = recorder
+    monkeypatch.setattr(live, "create_app", lambda s: create_app(s, service))
+    server = live.LiveServer(server_settings)
+    try:
+        response = live.upload(server.url, db3.read_bytes(), filename=db3.name)
+        assert response.status_code == 200, response.text
+        uploaded = recorder.take()
+
+        played = read_depth(db3)  # librealsense playback, as the server's upload path reads it
+        messages = live.frame_messages(played.frames, played.timestamps_us)
+        result = asyncio.run(live.run_stream(server.ws_url, played.frames, messages=messages))
+        assert result.close_code == 1000, result.events[-3:]
+        streamed = recorder.take()
+
+        async def client_stream() -> None:
+            source = open_file(db3)
+            client = Client(server.url, live.TOKEN)
+            async for _ in client.stream(source.frames, "ward-bed", source.fps, flow_control=True):
+                pass
+
+        asyncio.run(client_stream())
+        reduced = recorder.take()
+    finally:
+        server.stop()
+
+    np.testing.assert_array_equal(uploaded, trained)
+    np.testing.assert_array_equal(streamed, trained)
+    np.testing.assert_array_equal(reduced, trained)
+    invalid = (0 - np.float32(spec.mean)) / np.float32(spec.std)
+    if fit == "pad":  # 48x64 -> 18x24 in rows 3..21: three invalid rows above and below
+        assert (trained[..., [0, 1, 2, 21, 22, 23], :] == invalid).all()
+        assert (trained[..., 3:21, :] != invalid).any()
+
+
+@pytest.mark.slow
+def test_a_non_square_cropping_model_goes_from_gd_synth_to_the_server(tmp_path, test_settings):
+    """gd-synth (a 4:3 camera) -> gd-prep (--size 16x24 --fit crop) -> gd-train -> gd-export:
+    the bundle carries the fit and the size, and the server takes the camera's frames."""
+    from export.cli import main as gd_export
+    from synth.cli import main as gd_synth
+    from training.cli import main as gd_train
+    from training.prep import main as gd_prep
+
+    data, cache, bundle = tmp_path / "data" / "pku", tmp_path / "cache" / "pku", tmp_path / "b"
+    assert gd_synth(["detection", "--out", str(data), "--videos", "6", "--actions", "2", "2",
+                     "--camera", "d435-vga", "--camera-scale", "0.05", "--modalities", "depth",
+                     "--workers", "1"]) == 0  # fmt: skip
+    assert gd_prep(["--dataset", "pku", "--root", str(data), "--out", str(cache),
+                    "--modalities", "depth", "jjd", "--size", "16x24", "--fit", "crop",
+                    "--workers", "1"]) == 0  # fmt: skip
+    assert gd_train(["detect", "--preset", "quick", "--workdir", str(tmp_path), "transfer=false",
+                     "target.modalities=[depth, jjd]", "model.width=4", "model.hidden_size=8",
+                     "clip.clip_len=4", "clip.clip_step=4", "clip.window=3", "clip.window_step=2",
+                     "train.progress=false", "train.threads=1", "target.epochs=1",
+                     "target.uniform_epochs=0", "target.val_fraction=0",
+                     "train.graphs=false"]) == 0  # fmt: skip
+    checkpoint = str(tmp_path / "detect" / "depth.pt")
+    assert gd_export(["onnx", "--checkpoint", checkpoint, "--out", str(bundle),
+                      "--no-evaluate"]) == 0  # fmt: skip
+    clip = json.loads((bundle / "model.json").read_text())["clip"]
+    assert (clip["height"], clip["width"], clip["fit"]) == (16, 24, "crop")
+
+    frames = np.stack([cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+                       for p in sorted((data / "depth" / "0002-M").glob("*.png"))])  # fmt: skip
+    assert frames.shape[1:] == (24, 32)
+    server = live.LiveServer(dataclasses.replace(test_settings, model=bundle))
+    try:
+        response = live.upload(server.url, live.npy_bytes(frames), filename="v.npy", fps=30)
+    finally:
+        server.stop()
+    assert response.status_code == 200, response.text
+    assert response.json()["video"]["clips"] == (len(range(0, len(frames), 3)) - 4) // 4 + 1
