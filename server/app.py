@@ -7,6 +7,7 @@ or token setup fails at start-up with its own message rather than on the first r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -179,6 +180,12 @@ async def detections(
     finally:
         service.metrics.uploads.labels(str(status)).inc()
         service.metrics.upload_seconds.observe(time.perf_counter() - start)
+        # off the event loop; the upload's buffers are freed by now (and at shutdown the
+        # executor refuses new work: nothing to release then)
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().run_in_executor(
+                service.decode_executor, uploads.release_freed_memory
+            )
 
 
 async def _detect(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import math
 import os
 import re
 import resource
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,17 +75,21 @@ class RecordingDecoder:
     ) -> tuple[np.ndarray, np.ndarray]:
         """uint16 frames `[T, H, W]` (mm) and int64 timestamps (µs) of a `.bag` / `.db3`.
 
-        Blocking: run it off the event loop. Raises `RecordingRejected`.
+        Blocking: run it off the event loop. Raises `RecordingRejected`. Waiting for a free
+        decoder and decoding together take at most `timeout_s`: an upload is answered within
+        the stated time even while hostile recordings keep every decoder busy.
         """
+        deadline = time.monotonic() + self.timeout_s
         with self.slot(), spool_files(self.spool_dir, kind) as (source, output):
             source.write_bytes(data)
-            self._run(source, output, max_frames, max_bytes)
+            self._run(source, output, max_frames, max_bytes, deadline - time.monotonic())
             return _read_output(output)
 
     @contextmanager
     def slot(self) -> Iterator[None]:
-        """One of the `max_processes` decoders, waited for at most `timeout_s` (else 429)."""
-        if not self._slots.acquire(timeout=self.timeout_s):
+        """One of the `max_processes` decoders, waited for at most half of `timeout_s` (else
+        429), so that at least the other half is left for decoding."""
+        if not self._slots.acquire(timeout=self.timeout_s / 2):
             raise RecordingRejected(
                 429,
                 "decoders_busy",
@@ -106,8 +112,10 @@ class RecordingDecoder:
             proc.wait()
         remove_stale_spool_files(self.spool_dir)  # this server's own files count as stale now
 
-    def _run(self, source: Path, output: Path, max_frames: int, max_bytes: int) -> None:
-        args = (source, output, max_frames, max_bytes, self.memory_bytes, self.timeout_s)
+    def _run(
+        self, source: Path, output: Path, max_frames: int, max_bytes: int, timeout_s: float
+    ) -> None:
+        args = (source, output, max_frames, max_bytes, self.memory_bytes, timeout_s)
         command = [sys.executable, "-m", "server.recording_worker", *map(str, args), os.getpid()]
         path = os.environ.get("PYTHONPATH")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [PROJECT_ROOT, path]))}
@@ -123,7 +131,7 @@ class RecordingDecoder:
             )
             self._running.add(proc)
         try:
-            stdout, _ = proc.communicate(timeout=self.timeout_s)
+            stdout, _ = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
@@ -246,7 +254,7 @@ def main(argv: list[str]) -> None:
     """`source output max_frames max_bytes memory_bytes timeout_s server_pid`; exits without
     cleanup."""
     source, output, max_frames, max_bytes, memory, timeout_s, parent = argv
-    _die_with(int(parent), int(float(timeout_s)) + 1)
+    _die_with(int(parent), 2 * math.ceil(float(timeout_s)) + 1)  # the wall limit comes first
     status = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # what native code prints must not mix with the status line
     resource.setrlimit(resource.RLIMIT_AS, (int(memory), int(memory)))

@@ -53,13 +53,15 @@ class Service:
         tokens = settings.check_auth()
         bundle = load_bundle(settings.model)
         engine = load_engine(bundle, settings.device, settings.threads)
-        if not bundle.causal:
-            log.info(
-                "the sequence encoder is bidirectional: live scores use the newest clip's "
-                "position of each window, which has no future context (uploads average full "
-                "windows)"
+        service = cls(settings, bundle, engine, Auth(tokens))
+        if not bundle.causal and service.score_delay == 0:
+            log.warning(
+                "the sequence encoder is bidirectional and live scores have no delay: each "
+                "clip is scored at the newest position of its window, without future context, "
+                "less accurately than uploads (set GD_SCORE_DELAY, or the bundle's "
+                "postprocess.score_delay; docs/results.md measures the trade-off)"
             )
-        return cls(settings, bundle, engine, Auth(tokens))
+        return service
 
     def start(self) -> None:
         """Clean the spool, start the batchers (needs the running event loop)."""

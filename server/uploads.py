@@ -25,6 +25,7 @@ before any pixel is decoded. RealSense recordings are read by librealsense in a 
 from __future__ import annotations
 
 import bz2
+import ctypes
 import io
 import logging
 import lzma
@@ -48,6 +49,24 @@ MAX_SIDE = 4096
 NPY_MAX_HEADER = 4096  # numpy writes ~128 bytes; a long header is only there to hurt the parser
 MAX_NAME = 255  # zip member names
 MAX_DIM_DIGITS = 18  # a dimension with more digits is over any limit (and over int64)
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to trim
+        return None
+
+
+_LIBC = _libc()
+
+
+def release_freed_memory() -> None:
+    """Hand the memory an upload freed back to the system. glibc keeps freed heap pages for
+    reuse, so without this a server's memory stays at the peak of its largest upload (the
+    soak measured it: docs/security.md)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 class UploadError(ValueError):
