@@ -51,7 +51,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -65,6 +64,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.streams import free_port, stop  # noqa: E402
 from clients.api import ActionEnd, ActionStart, Client, End, ServerWarning, parse_event  # noqa: E402
 from clients.sources import open_file  # noqa: E402
 from core.bundle import load_bundle  # noqa: E402
@@ -177,12 +177,6 @@ def score_delay_route() -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Server:
     proc: subprocess.Popen
@@ -229,18 +223,9 @@ def start_server(args: argparse.Namespace, max_streams: int, token_file: Path) -
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
-            stop_server(Server(proc, url, ""))
+            stop(Server(proc, url, ""))
             raise SystemExit(f"live_accuracy: gd-serve not ready in {READY_TIMEOUT_S:g} s")
         time.sleep(0.2)
-
-
-def stop_server(server: Server) -> None:
-    server.proc.terminate()
-    try:
-        server.proc.wait(15)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        server.proc.wait()
 
 
 # --- streaming -------------------------------------------------------------------------------
@@ -735,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"seed {seed}: {root}", flush=True)
                 seeds[seed] = run_seed(args, server, root, out, bundle.clip, bundle.num_classes)
         finally:
-            stop_server(server)
+            stop(server)
     summary = {
         "model": {"path": str(args.model), "name": bundle.name, "version": bundle.version},
         "config": {

@@ -417,6 +417,7 @@ def stop(server: Server) -> None:
         server.proc.wait(15)
     except subprocess.TimeoutExpired:
         server.proc.kill()
+        server.proc.wait()
 
 
 # --- main ----------------------------------------------------------------------------------
