@@ -8,7 +8,7 @@ EXTRAS := train,serve,client,realsense,dev
 # the compose file in the tests (no Docker engine is needed for that).
 APT_PACKAGES := libusb-1.0-0 docker-compose
 
-.PHONY: setup system-packages test fuzz lint format run default-model clean
+.PHONY: setup system-packages test test-fast test-threads fuzz mutation lint format run default-model clean
 
 setup: system-packages $(VENV)/.installed
 
@@ -36,6 +36,26 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	$(BIN)/python -m pytest
 
+# The edit-run loop: everything but the tests marked slow (over a few seconds: training, exports
+# through torch, subprocess pipelines and servers, the fuzz tier); `make test` runs them all.
+# TESTS=tests/core narrows it to the part being edited.
+TESTS ?=
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" $(TESTS)
+
+# The floating-point comparisons again on one thread: their tolerances hold for any summation
+# order, so the result must not depend on how many threads split a sum. `make test` runs them
+# on every core; CI runs this after it.
+test-threads: setup
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -q -m numerics
+
+# Mutation checks of core/ (docs/testing.md), CI's long tier: 60 sampled mutants (a flipped
+# comparison, a constant +-1, ...) applied one at a time to a temporary copy, tests/core run on
+# each; prints killed/survived and writes runs/mutation/summary.json. About 1-2 min a mutant
+# on the 2-core machine; MUTATION_ARGS="--sample 0" runs all of them.
+mutation: setup
+	$(BIN)/python bench/mutation.py --out runs/mutation $(MUTATION_ARGS)
+
 # The long fuzz tier (docs/security.md): over 10,000 hostile uploads, streams and schema cases
 # against a gd-serve subprocess; prints the figures, writes runs/fuzz/summary.json and any
 # failing input to runs/fuzz/findings/. `make test` runs the short tier.
@@ -45,6 +65,7 @@ fuzz: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: setup
 	$(BIN)/ruff check --fix .

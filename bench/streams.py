@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from core.bundle import FileRef, ModelBundle, load_bundle, sha256_file, write_bundle_json  # noqa: E402
 from core.clip import ClipSpec, DepthPreprocessor  # noqa: E402
+from core.postprocess import ACTIVITY_THRESHOLD  # noqa: E402
 from core.wire import pack_header  # noqa: E402
 
 TARGET_P99_S = 0.100
@@ -74,7 +75,7 @@ def build_bundle(root: Path) -> ModelBundle:
         classes=("background", *(f"action-{i}" for i in range(1, N_ACTIONS + 1))),
         clip=spec,
         feature_dim=detector.encoder.out_dim,
-        activity_threshold=0.4,
+        activity_threshold=ACTIVITY_THRESHOLD,
         causal=False,
         files={
             k: FileRef(f"{k}.onnx", sha256_file(root / f"{k}.onnx"))

@@ -23,7 +23,9 @@ from training import distributed, skeleton_features
 from training.cache import DTYPES, SKELETON_MODALITIES, CacheWriter
 from training.config import load_config
 from training.data import EpochBatches, loader, to_device
-from training.trainer import build_detect, compute_loss, make_optimizers, place
+from training.loop import make_optimizers, place
+from training.loss import compute_loss
+from training.stages import build_detect
 
 VIDEO_FRAMES = 400  # kept frames per random video
 

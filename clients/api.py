@@ -21,7 +21,7 @@ import json
 import secrets
 import zipfile
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -33,7 +33,28 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from clients.sources import ThreadedFrames
 from core.clip import ClipSpec, DepthPreprocessor, TimestampResampler
+from core.events import (
+    ActionEnd,
+    ActionStart,
+    End,
+    Event,
+    FramesDropped,
+    Message,
+    Score,
+    Scores,
+    ServerError,
+    ServerWarning,
+    TimestampGap,
+    parse_event,
+)
 from core.wire import Hello, Ready, WireError, pack_frame, parse_json, parse_ready
+
+__all__ = [  # the stream's events come from core.events, re-exported as this client's API
+    "ActionEnd", "ActionStart", "ApiError", "BadRequest", "Client", "ConnectionLost",
+    "Detection", "Detections", "End", "Event", "FramesDropped", "Idle", "InternalError",
+    "Ready", "Score", "Scores", "ServerError", "ServerWarning", "TimestampGap", "TooLarge",
+    "TooManyStreams", "Unauthorized", "event_message", "parse_event",
+]  # fmt: skip
 
 STREAM_PATH, DETECTIONS_PATH, MODEL_PATH = "/v1/stream", "/v1/detections", "/v1/model"
 UPLOAD_CHUNK = 1 << 20
@@ -102,23 +123,6 @@ _BY_CLOSE = {4400: BadRequest, 4401: Unauthorized, 4408: Idle, 4413: TooLarge,
 # --- results and events ----------------------------------------------------------------------
 
 
-def _from(cls, message: dict[str, Any], **converted: Any):
-    """`cls` from a server message's fields of the same names; the message is kept as `raw`."""
-    names = [f.name for f in fields(cls) if f.name != "raw" and f.name not in converted]
-    try:
-        values = {name: message[name] for name in names}
-    except KeyError as e:
-        raise WireError(f"{message.get('type', 'server')} message lacks {e}") from None
-    return cls(**values, **converted, raw=message)
-
-
-@dataclass(frozen=True)
-class Message:
-    """Base of results and events; `raw` is the server's JSON, including fields not modelled."""
-
-    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, kw_only=True)
-
-
 @dataclass(frozen=True)
 class Detection(Message):
     label: str
@@ -141,89 +145,9 @@ class Detections(Message):
     clip_scores: list[dict[str, Any]] | None  # with clip_scores=True
 
 
-@dataclass(frozen=True)
-class Score(Message):
-    label: str
-    class_id: int
-    score: float
-
-
-@dataclass(frozen=True)
-class Scores(Message):
-    """One clip's probabilities: the top classes and the activity (1 - p(background))."""
-
-    clip: int
-    activity: float
-    top: tuple[Score, ...]
-    start_s: float  # from the start of this connection's stream
-    end_s: float
-    start_timestamp_us: int  # in the sender's own timestamps
-    end_timestamp_us: int
-    frame_index: int  # the frame that completed the clip
-    timestamp_us: int
-
-
-@dataclass(frozen=True)
-class ActionStart(Message):
-    label: str
-    class_id: int
-    confidence: float
-    clip: int
-    start_s: float
-    start_timestamp_us: int
-
-
-@dataclass(frozen=True)
-class ActionEnd(Message):
-    label: str
-    class_id: int
-    confidence: float
-    start_frame: int
-    end_frame: int
-    start_s: float
-    end_s: float
-    start_timestamp_us: int
-    end_timestamp_us: int
-
-
-@dataclass(frozen=True)
-class ServerWarning(Message):
-    code: str  # e.g. frames_dropped: the server was overloaded
-    message: str
-
-
-@dataclass(frozen=True)
-class End(Message):
-    """The server scored every clip after the client's `end`; the stream is complete."""
-
-    clips: int
-    frames_received: int
-    frames_dropped: int
-
-
-Event = Ready | Scores | ActionStart | ActionEnd | ServerWarning | End
-
-
-def parse_event(message: dict[str, Any]) -> Event | None:
-    """A server event as a typed object; None for a type this client does not know."""
-    kind = message["type"]
-    if kind == "ready":
-        return parse_ready(message)
-    if kind == "scores":
-        top = tuple(_from(Score, s) for s in message.get("top", ()))
-        return _from(Scores, message, top=top)
-    if kind == "action":
-        return _from(ActionStart if message.get("state") == "start" else ActionEnd, message)
-    if kind == "warning":
-        return _from(ServerWarning, message)
-    if kind == "end":
-        return _from(End, message)
-    return None  # a newer server's event: ignored, so old clients keep working
-
-
 def event_message(event: Event) -> dict[str, Any]:
-    """The server's JSON of an event."""
-    return event.to_message() if isinstance(event, Ready) else event.raw
+    """The server's JSON of an event, fields this client does not model included."""
+    return event.to_message() if isinstance(event, Ready) else event.raw or event.to_message()
 
 
 # --- the client ----------------------------------------------------------------------------
@@ -308,8 +232,8 @@ class Client:
         data = self._request("POST", DETECTIONS_PATH, params=params, headers=headers,
                              content=body())  # fmt: skip
         try:
-            found = tuple(_from(Detection, d) for d in data["detections"])
-            return _from(Detections, data, detections=found, clip_scores=data.get("clip_scores"))
+            found = tuple(Detection.parse(d) for d in data["detections"])
+            return Detections.parse(data, detections=found, clip_scores=data.get("clip_scores"))
         except (KeyError, TypeError, WireError) as e:
             raise ApiError(f"unexpected answer from the server: {e}", "bad_response") from e
 
@@ -424,7 +348,7 @@ def _closed_error(ws: ClientConnection, error: dict[str, Any] | None) -> ApiErro
     close = ws.close_code
     code = error.get("code", "error") if error else (ws.close_reason or "closed")
     message = error.get("message", "") if error else ""
-    kind = _BY_CLOSE.get(close, ConnectionLost)
+    kind = ConnectionLost if close is None else _BY_CLOSE.get(close, ConnectionLost)
     return kind(message or "the server closed the stream", str(code), close_code=close)
 
 
@@ -504,8 +428,8 @@ async def _session(ws, ready, first, source, encoding, flow_control) -> AsyncIte
                 error = message
                 continue
             event = parse_event(message)
-            if isinstance(event, ServerWarning):
-                dropped = int(event.raw.get("total_dropped", dropped))
+            if isinstance(event, FramesDropped):
+                dropped = event.total_dropped
             if isinstance(event, Scores) and flow is not None:
                 await flow.scored(event.clip, dropped)
             if event is not None:
@@ -516,8 +440,9 @@ async def _session(ws, ready, first, source, encoding, flow_control) -> AsyncIte
     finally:
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
-    if not sender.cancelled() and sender.exception() is not None:
-        raise sender.exception()  # the source failed: say why, not "connection closed"
+    failure = None if sender.cancelled() else sender.exception()
+    if failure is not None:
+        raise failure  # the source failed: say why, not "connection closed"
     if not (ended and ws.close_code == 1000):
         raise _closed_error(ws, error)
 

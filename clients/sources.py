@@ -13,18 +13,27 @@ on a thread of its own so that the streamer's event loop never waits on a camera
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from core.clip import frame_timestamps_us
+from core.depthfiles import (
+    DepthFileError,
+    check_depth_layout,
+    check_same_size,
+    check_timestamps,
+    decode_png_depth,
+    natural_key,
+    npz_frames_key,
+)
+from core.limits import MAX_SIDE, MILLIMETRES, fps_message, valid_fps
 from core.realsense import RealSenseError, read_depth, to_millimetres
+from core.truth import TruthCheck, true_actions
 
 Frame = tuple[int, np.ndarray]  # (timestamp_us, uint16 [H, W] millimetres, 0 = invalid)
 
@@ -43,6 +52,7 @@ class Source:
     fps: float  # nominal rate, announced in the stream's hello
     name: str  # default camera id
     live: bool = False  # a camera: it runs in real time and never waits for the server
+    truth: TruthCheck | None = None  # a synthetic scene's true actions, added as each plays
 
 
 # --- files ---------------------------------------------------------------------------------
@@ -53,8 +63,8 @@ def open_file(path: str | Path, fps: float | None = None) -> Source:
     path = Path(path)
     if not path.exists():
         raise SourceError(f"{path}: no such file or folder")
-    if fps is not None and not 0 < fps <= 1000:
-        raise SourceError(f"fps must be in (0, 1000], got {fps}")
+    if fps is not None and not valid_fps(fps):
+        raise SourceError(fps_message(fps))
     suffix = path.suffix.lower()
     if path.is_dir():
         return _png_folder(path, fps)
@@ -81,12 +91,11 @@ def _recording(path: Path) -> Source:
     return Source(iter(frames), rec.fps, path.stem)
 
 
-def _check_depth(frames: Any, where: str) -> np.ndarray:
-    if not isinstance(frames, np.ndarray) or frames.dtype.kind != "u" or frames.dtype.itemsize != 2:
-        kind = getattr(frames, "dtype", type(frames).__name__)
-        raise SourceError(f"{where}: depth must be uint16 millimetres, got {kind}")
-    if frames.ndim != 3 or 0 in frames.shape:
-        raise SourceError(f"{where}: depth must be T x H x W, got shape {frames.shape}")
+def _check_depth(frames: np.ndarray, where: str) -> np.ndarray:
+    try:
+        check_depth_layout(frames.dtype, frames.shape)
+    except DepthFileError as e:
+        raise SourceError(f"{where}: {e}") from None
     return frames
 
 
@@ -118,37 +127,26 @@ def _npz(path: Path, fps: float | None) -> Source:
             arrays = {k: npz[k] for k in npz.files}
     except ValueError as e:
         raise SourceError(f"{path.name}: not a readable .npz file ({e})") from e
-    names = [k for k in arrays if k not in ("timestamps_us", "fps")]
-    key = "depth" if "depth" in arrays else (names[0] if len(names) == 1 else None)
-    if key is None:
-        raise SourceError(f"{path.name}: needs an array 'depth' (or a single array); has {names}")
-    frames = _check_depth(arrays[key], path.name)
-    if "timestamps_us" in arrays:
-        ts = arrays["timestamps_us"]
-        if ts.dtype.kind not in "iu" or ts.shape != (len(frames),):
-            raise SourceError(
-                f"{path.name}: timestamps_us must be {len(frames)} integers, got {ts.dtype} "
-                f"{ts.shape}"
-            )
-        if np.any(np.diff(ts.astype(np.int64)) <= 0):
-            raise SourceError(f"{path.name}: timestamps_us must increase")
+    try:
+        frames = _check_depth(arrays[npz_frames_key(arrays)], path.name)
+        ts = arrays.get("timestamps_us")
+        ts = None if ts is None else check_timestamps(ts, len(frames))
+    except DepthFileError as e:
+        raise SourceError(f"{path.name}: {e}") from None
+    if ts is not None:
         span_s = (int(ts[-1]) - int(ts[0])) / 1e6
         nominal = fps or ((len(ts) - 1) / span_s if span_s > 0 else 30.0)
-        return Source(_array_frames(frames, ts.astype(np.int64)), nominal, path.stem)
+        return Source(_array_frames(frames, ts), nominal, path.stem)
     if fps is None and "fps" in arrays:
         fps = float(np.asarray(arrays["fps"]).reshape(()))
     fps = _need_fps(fps, path.name)
     return Source(_array_frames(frames, frame_timestamps_us(len(frames), fps)), fps, path.stem)
 
 
-def _natural(name: str) -> list:
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
-
-
 def _png_folder(folder: Path, fps: float | None) -> Source:
     """PNGs in natural name order (frame2 before frame10), read one at a time as they play."""
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() == ".png"),
-                   key=lambda p: _natural(p.name))  # fmt: skip
+                   key=lambda p: natural_key(p.name))  # fmt: skip
     if not files:
         raise SourceError(f"{folder}: no .png frames in the folder")
     fps = _need_fps(fps, f"{folder.name}/ (PNG frames)")
@@ -157,28 +155,20 @@ def _png_folder(folder: Path, fps: float | None) -> Source:
     def frames() -> Iterator[Frame]:
         for t, f in zip(frame_timestamps_us(len(files), fps).tolist(), files, strict=True):
             image = first if f == files[0] else _read_png(f)
-            if image.shape != first.shape:
-                raise SourceError(
-                    f"{f.name} is {image.shape[1]}x{image.shape[0]}, the first frame "
-                    f"{first.shape[1]}x{first.shape[0]}: all frames must have one size"
-                )
+            try:
+                check_same_size(f.name, image.shape, first.shape)
+            except DepthFileError as e:
+                raise SourceError(str(e)) from None
             yield t, image
 
     return Source(frames(), fps, folder.name)
 
 
 def _read_png(path: Path) -> np.ndarray:
-    import cv2
-
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise SourceError(f"{path.name}: not a readable PNG")
-    if image.dtype != np.uint16 or image.ndim != 2:
-        raise SourceError(
-            f"{path.name}: depth frames must be 16-bit grayscale PNGs, got {image.dtype} with "
-            f"shape {image.shape}"
-        )
-    return image
+    try:
+        return decode_png_depth(path.read_bytes())
+    except (OSError, DepthFileError) as e:
+        raise SourceError(f"{path.name}: {e}") from None
 
 
 # --- a live RealSense camera ----------------------------------------------------------------
@@ -198,10 +188,12 @@ def camera(
     Raises `SourceError` at once when pyrealsense2 is missing, no camera (or not the one asked
     for) is connected, or the arguments are out of range; the pipeline starts on the first read.
     """
-    if not (0 < width <= 4096 and 0 < height <= 4096):
-        raise SourceError(f"resolution must be positive and at most 4096, got {width}x{height}")
-    if not 0 < fps <= 1000:
-        raise SourceError(f"fps must be in (0, 1000], got {fps}")
+    if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
+        raise SourceError(
+            f"resolution must be positive and at most {MAX_SIDE}, got {width}x{height}"
+        )
+    if not valid_fps(fps):
+        raise SourceError(fps_message(fps))
     if not 1 <= decimation <= 8:
         raise SourceError(f"decimation must be in 1..8 (1 = off), got {decimation}")
     if hole_filling is not None and hole_filling not in HOLE_FILLING:
@@ -258,7 +250,7 @@ def _camera_frames(rs, config, filters: list, timeout_s: float) -> Iterator[Fram
             last = t
             image = np.asanyarray(depth.get_data())
             # The frame's buffer goes back to librealsense: copy (the mm conversion copies).
-            yield t, image.copy() if units == 0.001 else to_millimetres(image, units)
+            yield t, image.copy() if units == MILLIMETRES else to_millimetres(image, units)
     finally:
         pipeline.stop()
 
@@ -271,11 +263,14 @@ def synth(
 ) -> Source:
     """Scripted PKU-MMD-style videos of `actions` actions each; with `loop`, a new video (the
     next seed) follows each one forever, rendered while the previous one plays."""
-    from synth.generate import SynthError, detection_video
+    from synth.generate import TARGET_CLASSES, SynthError, class_names, detection_video
 
-    def video(k: int) -> tuple[np.ndarray, float]:  # depth only: the RGB is freed at once
+    names = class_names(TARGET_CLASSES)
+    truth = TruthCheck()
+
+    def video(k: int) -> tuple[np.ndarray, float, list]:  # depth only: the RGB is freed at once
         rec = detection_video(seed + k, subject=1, camera=2, n_actions=actions, size=size)
-        return rec.depth, rec.fps
+        return rec.depth, rec.fps, rec.segments
 
     try:
         first = video(0)  # bad arguments fail here, before anything connects
@@ -283,41 +278,48 @@ def synth(
         raise SourceError(f"synthetic scene: {e}") from e
 
     def frames() -> Iterator[Frame]:
-        (depth, fps), offset_us, k = first, 0, 0
+        (depth, fps, segments), offset_us, k = first, 0, 0
         with ThreadPoolExecutor(1, thread_name_prefix="gd-synth") as pool:
             while True:
                 following = pool.submit(video, k + 1) if loop else None
+                truth.add(true_actions(segments, names, fps, offset_us / 1e6))
                 ts = frame_timestamps_us(len(depth), fps) + offset_us
                 yield from zip(ts.tolist(), depth, strict=True)
                 if following is None:
                     return
                 offset_us = int(ts[-1]) + round(1e6 / fps)
-                (depth, fps), k = following.result(), k + 1
+                (depth, fps, segments), k = following.result(), k + 1
 
-    return Source(frames(), first[1], "synth")
+    return Source(frames(), first[1], "synth", truth=truth)
 
 
 # --- pacing and threads ------------------------------------------------------------------------
 
 
-def paced(frames: Iterator[Frame], speed: float = 1.0) -> Iterator[Frame]:
+def paced(
+    frames: Iterator[Frame],
+    speed: float = 1.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[Frame]:
     """Yield each frame when its timestamp comes due on the wall clock (`speed` x real time).
 
     A source more than `CATCH_UP_S` behind (the server was away, the reader stalled) restarts
-    its clock at the late frame rather than bursting to catch up.
+    its clock at the late frame rather than bursting to catch up. `clock` and `sleep` are
+    injectable so that tests can run the pacing on a clock of their own.
     """
     if not speed > 0:
         raise SourceError(f"speed must be positive, got {speed}")
     origin = None  # (timestamp_us, monotonic s) that the clock runs from
     for t, image in frames:
-        now = time.monotonic()
+        now = clock()
         if origin is None:
             origin = (t, now)
         due = origin[1] + (t - origin[0]) / 1e6 / speed
         if now - due > CATCH_UP_S:
             origin, due = (t, now), now
         if due > now:
-            time.sleep(due - now)
+            sleep(due - now)
         yield t, image
 
 

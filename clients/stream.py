@@ -1,6 +1,7 @@
 """`gd-stream`: stream depth to the detection server and print its events as they come.
 
-    gd-stream synth [--loop] [--fast]                 a scripted synthetic scene
+    gd-stream synth [--loop] [--fast]                 a scripted synthetic scene (ground truth
+                                                      printed beside each detection)
     gd-stream file PATH [--fps F] [--fast]            .bag / .db3 recording, .npy / .npz, PNG folder
     gd-stream realsense [--serial S] [--width W ...]  a live RealSense camera
 
@@ -47,6 +48,7 @@ from clients.sources import (
     paced,
     synth,
 )
+from core.truth import TruthCheck
 from core.wire import ENCODINGS, Ready, WireError
 
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/stream"
@@ -78,19 +80,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     sub = p.add_subparsers(dest="source", required=True)
     s = sub.add_parser("synth", parents=[common, timing], help="a scripted synthetic scene")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="scene seed; --loop counts up from it")
     s.add_argument("--actions", type=int, default=5, help="actions per video")
-    s.add_argument("--width", type=int, default=128)
-    s.add_argument("--height", type=int, default=96)
+    s.add_argument("--width", type=int, default=128, help="frame width in pixels")
+    s.add_argument("--height", type=int, default=96, help="frame height in pixels")
     s.add_argument("--loop", action="store_true", help="new videos forever")
     f = sub.add_parser("file", parents=[common, timing], help="a recording, array or PNG folder")
     f.add_argument("path", help=".bag / .db3 recording, .npy / .npz (uint16 T x H x W), folder")
     f.add_argument("--fps", type=float, help="frame rate of .npy, .npz and PNG folders")
     r = sub.add_parser("realsense", parents=[common], help="a live RealSense camera")
     r.add_argument("--serial", help="camera serial number (default: the first camera)")
-    r.add_argument("--width", type=int, default=640)
-    r.add_argument("--height", type=int, default=480)
-    r.add_argument("--fps", type=int, default=30)
+    r.add_argument("--width", type=int, default=640, help="camera frame width (default 640)")
+    r.add_argument("--height", type=int, default=480, help="camera frame height (default 480)")
+    r.add_argument("--fps", type=int, default=30, help="camera frame rate (default 30)")
     r.add_argument("--decimation", type=int, default=1, help="decimation filter, 2..8 (1 = off)")
     r.add_argument("--hole-filling", choices=list(HOLE_FILLING), help="hole-filling filter")
     args = p.parse_args(argv)
@@ -123,13 +125,23 @@ def check_encoding(encoding: str) -> None:
 
 
 class Printer:
-    """Events as readable lines, or as the server's JSON one a line (`--json`)."""
+    """Events as readable lines, or as the server's JSON one a line (`--json`).
+
+    With `truth` (a synthetic scene's true actions), each readable detection line says which
+    true action it overlaps and the running hit rate, and the last line sums them up.
+    """
 
     def __init__(
-        self, json_lines: bool, camera_id: str, verbose: bool, out: TextIO, err: TextIO
+        self,
+        json_lines: bool,
+        camera_id: str,
+        verbose: bool,
+        out: TextIO,
+        err: TextIO,
+        truth: TruthCheck | None = None,
     ) -> None:
         self.json_lines, self.camera_id, self.verbose = json_lines, camera_id, verbose
-        self.out, self.err = out, err
+        self.out, self.err, self.truth = out, err, truth
         self.origin_us: int | None = None  # the source's first timestamp: times count from it
 
     def event(self, event: Event) -> None:
@@ -164,14 +176,18 @@ class Printer:
             return f"start {event.label} at {t:.1f} s ({event.confidence:.2f})"
         if isinstance(event, ActionEnd):
             t0, t1 = self._at(event.start_timestamp_us), self._at(event.end_timestamp_us)
-            return f"end   {event.label} {t0:.1f}-{t1:.1f} s ({event.confidence:.2f})"
+            line = f"end   {event.label} {t0:.1f}-{t1:.1f} s ({event.confidence:.2f})"
+            if self.truth is not None:
+                line += f"; {self.truth.describe(self.truth.check(event.label, t0, t1))}"
+            return line
         if isinstance(event, ServerWarning):
             return f"warning: {event.message}"
         if isinstance(event, End):
-            return (
+            line = (
                 f"done: {event.clips} clips scored, {event.frames_received} frames received, "
                 f"{event.frames_dropped} dropped"
             )
+            return line if self.truth is None else f"{line}; {self.truth.summary()}"
         if isinstance(event, Scores) and self.verbose:
             best = event.top[0] if event.top else None
             top = f", {best.label} {best.score:.2f}" if best else ""
@@ -256,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gd-stream: {e}", file=sys.stderr)
         return options.EXIT_USAGE
     printer = Printer(args.json, args.camera_id or source.name, args.verbose, sys.stdout,
-                      sys.stderr)  # fmt: skip
+                      sys.stderr, source.truth)  # fmt: skip
     try:
         return asyncio.run(run(client, source, args, printer))
     except KeyboardInterrupt:

@@ -1,10 +1,13 @@
 """`gd-upload`: detect actions in a whole depth video on the server.
 
     gd-upload FILE [--url http://host:8000] [--token T] [--fps F] [--scores] [--json]
+                   [--pred DIR]
 
 FILE is a RealSense `.bag` / `.db3` recording, a `.npy` / `.npz` array (uint16 T x H x W, with
 `--fps` unless the `.npz` carries its timing), a zip of 16-bit PNG frames or a folder of them.
 Shows upload progress on stderr, then the detections as a table, or the server's JSON answer.
+`--pred DIR` also writes them as DIR/<FILE's name>.txt, a PKU-MMD prediction file for
+`gd-eval --pred DIR`.
 """
 
 from __future__ import annotations
@@ -15,12 +18,19 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+import numpy as np
 from tqdm import tqdm
 
 from clients import options
 from clients.api import ApiError, Client, Detections, Unauthorized
+from core.labels import SUFFIX, write_label_file
+from core.limits import fps_message, valid_fps
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+# The server's error codes that a flag of this command fixes: what to add to its message.
+FLAG_HINTS = {
+    "fps_required": "; these frames carry no timestamps: pass --fps F, their frame rate",
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,7 +44,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     options.add_server_options(p, DEFAULT_URL)
     p.add_argument("--fps", type=float, help="frame rate of .npy, PNG frames and untimed .npz")
     p.add_argument("--scores", action="store_true", help="ask for per-clip scores too (JSON)")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--pred", type=Path, metavar="DIR",
+        help="also write the detections to DIR/<FILE's name>.txt for gd-eval --pred DIR",
+    )  # fmt: skip
+    args = p.parse_args(argv)
+    if args.fps is not None and not valid_fps(args.fps):
+        p.error(fps_message(args.fps, "--fps"))
+    return args
+
+
+def prediction_path(folder: Path, file: Path) -> Path:
+    """Where `--pred` writes: named after the video, as its ground-truth file is."""
+    return folder / f"{file.stem}{SUFFIX}"
+
+
+def write_predictions(path: Path, result: Detections) -> None:
+    """The detections as a PKU-MMD label file: `class_id,start_frame,end_frame,confidence`."""
+    rows = np.array(
+        [(d.class_id, d.start_frame, d.end_frame, d.confidence) for d in result.detections],
+        dtype=np.float64,
+    ).reshape(-1, 4)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_label_file(path, rows)
 
 
 def table(result: Detections, name: str) -> str:
@@ -83,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gd-upload: unauthorized: {e.message}; give a valid --token", file=sys.stderr)
         return options.EXIT_UNAUTHORIZED
     except ApiError as e:
-        print(f"gd-upload: {e}", file=sys.stderr)
+        hint = FLAG_HINTS.get(e.code, "")
+        print(f"gd-upload: {e}{hint}", file=sys.stderr)
         return options.EXIT_ERROR
     except ValueError as e:
         print(f"gd-upload: {e}", file=sys.stderr)
@@ -94,6 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result.raw))
     else:
         print(table(result, args.file.name))
+    if args.pred is not None:
+        path = prediction_path(args.pred, args.file)
+        try:
+            write_predictions(path, result)
+        except OSError as e:
+            print(f"gd-upload: --pred: cannot write {path}: {e}", file=sys.stderr)
+            return options.EXIT_USAGE
+        print(f"gd-upload: wrote {len(result.detections)} detections to {path}", file=sys.stderr)
     return options.EXIT_OK
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from core.limits import MAX_SIDE, fps_message, valid_fps
+
 INVALID = 0  # depth value of a pixel without a measurement (RealSense z16, Kinect v2)
 _SENTINEL = np.iinfo(np.uint16).max  # stands for "invalid" while min-pooling
 # How a frame of another aspect ratio becomes the model's input (see DepthPreprocessor).
@@ -53,7 +55,7 @@ class ClipSpec:
         for name in ("downsample", "clip_len", "clip_step", "window", "window_step"):
             _check_int(name, getattr(self, name), low=1)
         for name in ("height", "width"):
-            _check_int(name, getattr(self, name), low=1, high=4096)
+            _check_int(name, getattr(self, name), low=1, high=MAX_SIDE)
         # 0 is the invalid value, so the valid range starts at 1 mm.
         for name in ("depth_min_mm", "depth_max_mm"):
             _check_int(name, getattr(self, name), low=1, high=_SENTINEL - 1)
@@ -63,8 +65,8 @@ class ClipSpec:
                 raise ClipSpecError(f"{name} must be a number, got {value!r}")
             if not np.isfinite(value):
                 raise ClipSpecError(f"{name} must be finite, got {value!r}")
-        if not 0 < self.source_fps <= 1000:
-            raise ClipSpecError(f"source_fps must be in (0, 1000], got {self.source_fps}")
+        if not valid_fps(self.source_fps):
+            raise ClipSpecError(fps_message(self.source_fps, "source_fps"))
         if self.depth_min_mm >= self.depth_max_mm:
             raise ClipSpecError(
                 f"depth_min_mm ({self.depth_min_mm}) must be below depth_max_mm "
@@ -397,6 +399,31 @@ def clip_source_span(spec: ClipSpec, c: int | np.ndarray) -> tuple[Any, Any]:
     start = c * spec.clip_step * spec.downsample
     end = (c * spec.clip_step + spec.clip_len) * spec.downsample - 1
     return start, end
+
+
+@dataclass(frozen=True)
+class SourceSpan:
+    """Where clips lie in the source video: frames (inclusive) and seconds (end exclusive), at
+    the model's `source_fps`, counted from the video's (or stream's) first frame."""
+
+    start_frame: int
+    end_frame: int
+    start_s: float
+    end_s: float
+
+
+def clips_span(spec: ClipSpec, first: int, last: int, offset_frames: int = 0) -> SourceSpan:
+    """The span of clips `first..last` (inclusive); `offset_frames` source frames come before
+    clip 0 (a stream segment that starts after a gap). The one place clip numbers become the
+    frames and seconds of detections, clip scores and stream events."""
+    start_frame = offset_frames + clip_source_span(spec, first)[0]
+    end_frame = offset_frames + clip_source_span(spec, last)[1]
+    return SourceSpan(
+        int(start_frame),
+        int(end_frame),
+        start_frame / spec.source_fps,
+        (end_frame + 1) / spec.source_fps,  # the end frame's own duration is inside the span
+    )
 
 
 def video_clips(kept_frames: np.ndarray, spec: ClipSpec) -> np.ndarray:

@@ -84,11 +84,11 @@ def read_label_file(path: str | os.PathLike, need_confidence: bool = False) -> n
             raise LabelFormatError(path, number, reason)
         rows.append(row if len(row) == 4 else [*row, 1.0])
         line_numbers.append(number)
-    rows = np.array(rows, dtype=np.float64).reshape(-1, 4)
-    problem = first_problem(rows)
+    table = np.array(rows, dtype=np.float64).reshape(-1, 4)
+    problem = first_problem(table)
     if problem:
         raise LabelFormatError(path, line_numbers[problem[0]], problem[1])
-    return rows
+    return table
 
 
 def read_label_dir(

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from core.clip import ClipSpec, clip_source_span, window_starts
+from core.clip import ClipSpec, clips_span, window_starts
 
 ACTIVITY_THRESHOLD = 0.4  # gamma, the paper's value (Sec. 5.1)
 
@@ -54,15 +54,14 @@ class Segment:
             raise PostprocessError(
                 f"class_id {self.class_id} has no name among {len(classes)} classes"
             )
-        start_frame, _ = clip_source_span(spec, self.first_clip)
-        _, end_frame = clip_source_span(spec, self.last_clip)
+        span = clips_span(spec, self.first_clip, self.last_clip)
         return {
             "label": None if classes is None else classes[self.class_id],
             "class_id": self.class_id,
-            "start_frame": int(start_frame),
-            "end_frame": int(end_frame),
-            "start_s": start_frame / spec.source_fps,
-            "end_s": (end_frame + 1) / spec.source_fps,
+            "start_frame": span.start_frame,
+            "end_frame": span.end_frame,
+            "start_s": span.start_s,
+            "end_s": span.end_s,
             "confidence": self.confidence,
         }
 
@@ -237,6 +236,7 @@ class Segmenter:
         return [self._close(last=self.next_clip - 1)]
 
     def _close(self, last: int) -> SegmentEnd:
+        assert self._run_sum is not None  # only called with a run open
         (seg,) = _segments(np.array([self._run_first]), np.array([last]), self._run_sum[None])
         self._run_first = self._run_sum = None
         return SegmentEnd(seg)

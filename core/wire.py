@@ -21,17 +21,17 @@ import math
 import struct
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from core.clip import ClipSpec, ClipSpecError
+from core.depthfiles import DepthFileError, decode_png_depth, png_depth_size
+from core.limits import MAX_SIDE, MILLIMETRES, fps_message, valid_fps
 
 PROTOCOL = 1
 ENCODINGS = ("raw", "zstd", "png")
 HEADER = struct.Struct("<QI")  # timestamp_us, frame_index
-MAX_SIDE = 4096
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # JSON control messages and events are small (a hello is ~200 bytes, a `ready` with a few
 # hundred classes ~20 kB); these caps keep a hostile one cheap to refuse.
 MAX_CONTROL_BYTES = 1 << 20
@@ -65,7 +65,7 @@ class Hello:
     width: int
     height: int
     fps: float
-    depth_units: float = 0.001  # metres per depth unit; RealSense z16 default, i.e. millimetres
+    depth_units: float = MILLIMETRES  # metres per depth unit
     encoding: str = "raw"
     protocol: int = PROTOCOL
     token: str | None = None
@@ -145,8 +145,8 @@ def parse_hello(message: dict[str, Any]) -> Hello:
         if not 1 <= side <= MAX_SIDE:
             raise WireError(f"{name} must be in [1, {MAX_SIDE}], got {_short(side)}")
     fps = _field(message, "fps", float)
-    if not 0 < fps <= 1000:
-        raise WireError(f"fps must be in (0, 1000], got {fps}")
+    if not valid_fps(fps):
+        raise WireError(fps_message(fps))
     depth_units = _field(message, "depth_units", float)
     if not 1e-6 <= depth_units <= 1.0:
         raise WireError(f"depth_units (metres per unit) must be in [1e-6, 1], got {depth_units}")
@@ -177,7 +177,7 @@ def _field(message: dict[str, Any], name: str, kind: type) -> Any:
     if kind is not float:
         return value
     try:
-        number = float(value)
+        number = float(cast(int | float, value))  # an int or a float: checked above
     except OverflowError:  # an integer beyond float's range
         number = math.inf
     if not math.isfinite(number):
@@ -361,28 +361,14 @@ def _zstd_inflate(payload: bytes | memoryview, max_bytes: int) -> bytes:
         raise WireError(f"zstd payload is corrupt or inflates past {max_bytes} bytes: {e}") from e
 
 
-def png_size(payload: bytes | memoryview) -> tuple[int, int, int, int]:
-    """`(height, width, bit_depth, color_type)` from a PNG's IHDR, without decoding it."""
-    head = bytes(payload[:26])
-    if len(head) < 26 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
-        raise WireError("payload is not a PNG (bad signature or no IHDR first)")
-    width, height, bit_depth, color_type = struct.unpack(">IIBB", head[16:26])
-    return height, width, bit_depth, color_type
-
-
 def _png_image(payload: bytes | memoryview, sizes: list[tuple[int, int]]) -> np.ndarray:
-    height, width, bit_depth, color_type = png_size(payload)
-    if (bit_depth, color_type) != (16, 0):
-        raise WireError(
-            f"PNG must be 16-bit grayscale, got bit depth {bit_depth}, color type {color_type}"
-        )
-    if (height, width) not in sizes:
-        max_pixels = max(h * w for h, w in sizes)
-        error = FrameTooLarge if height * width > max_pixels else WireError
-        raise error(f"PNG is {width}x{height}, expected {_size_list(sizes)}")
-    import cv2
-
-    image = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None or image.dtype != np.uint16 or image.shape != (height, width):
-        raise WireError("PNG is corrupt or truncated")
-    return image
+    """A PNG frame by the rules of PNG files (`core.depthfiles`), at one of `sizes`."""
+    try:
+        height, width = png_depth_size(payload)
+        if (height, width) not in sizes:
+            max_pixels = max(h * w for h, w in sizes)
+            error = FrameTooLarge if height * width > max_pixels else WireError
+            raise error(f"PNG is {width}x{height}, expected {_size_list(sizes)}")
+        return decode_png_depth(payload, (height, width))
+    except DepthFileError as e:
+        raise WireError(str(e)) from None

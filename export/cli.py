@@ -52,7 +52,7 @@ steps, in order (each has its own --help):
 
 EPILOG = """\
 example, from checkpoint to a served INT8 model:
-  gd-export onnx --checkpoint runs/pku/best.pt --cache cache/pku --out models/pku
+  gd-export onnx --checkpoint runs/pku/detect/depth.pt --cache cache/pku --out models/pku
   gd-export quantize --bundle models/pku --precision int8 --out models/pku-int8
   gd-serve --model models/pku-int8
 
@@ -180,7 +180,8 @@ def _cache_of(bundle: ModelBundle, given: Path | None, alternative: str = "") ->
 
 
 def format_map(map_action: dict[str, float]) -> str:
-    return "  ".join(f"@{t}: {100 * v:.2f}" for t, v in map_action.items())
+    # A fraction in 0..1 with 3 decimals, as gd-train prints it: one unit for mAP everywhere.
+    return "  ".join(f"@{t}: {v:.3f}" for t, v in map_action.items())
 
 
 # --- quantize ------------------------------------------------------------------------------------
@@ -272,8 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "examples:\n"
-            "  gd-export onnx --checkpoint runs/pku/best.pt --cache cache/pku --out models/pku\n"
-            "  gd-export onnx --checkpoint best.pt --out models/try --parity-random --no-evaluate"
+            "  gd-export onnx --checkpoint runs/pku/detect/depth.pt --cache cache/pku \\\n"
+            "      --out models/pku\n"
+            "  gd-export onnx --checkpoint runs/pku/detect/depth.pt --out models/try \\\n"
+            "      --parity-random --no-evaluate\n"
+            "gd-train writes the detector's checkpoint to WORKDIR/detect/depth.pt."
         ),
     )
     o.add_argument("--checkpoint", required=True, metavar="CKPT", help="gd-train checkpoint (.pt)")
@@ -389,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         metavar="POINTS",
-        help="largest allowed drop of mAP@0.5, in points (default 1.0)",
+        help="largest allowed drop of mAP@0.5, in points: hundredths of mAP (default 1.0)",
     )
     q.add_argument("--force", action="store_true", help="keep the variant even if it loses more")
     q.add_argument(

@@ -43,7 +43,8 @@ class CacheClips:
         if depth.shape[1:] != (spec.height, spec.width):
             raise ExportError(
                 f"{root}: depth frames are {depth.shape[1]}x{depth.shape[2]}, the model takes "
-                f"{spec.height}x{spec.width}; prepare a cache at the model's size (gd-prep --size)"
+                f"{spec.height}x{spec.width}; prepare a cache at the model's size: gd-prep ... "
+                f"--size {spec.height}x{spec.width}"
             )
         made = self.cache.meta.get("clip", {})
         for field in ("source_fps", "downsample"):
@@ -198,14 +199,19 @@ def evaluate_bundle(
 
 
 def seconds_per_clip(
-    runs: dict[str, Encoder], clips: np.ndarray, batch: int, seconds: float = 1.0
+    runs: dict[str, Encoder],
+    clips: np.ndarray,
+    batch: int,
+    seconds: float = 1.0,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
     """Median wall time per clip of each encoder on batches of `batch` clips.
 
     The encoders are timed in turns, one call each per round, for at least 5 rounds and about
     `seconds` per encoder, so that load from other processes slows all of them alike and their
     ratio stays fair. Give ONNX Runtime sessions `spinning=False` (`export.onnx.ort_runner`):
-    busy-waiting threads of one would steal cores from the next.
+    busy-waiting threads of one would steal cores from the next. `clock` is injectable so that
+    tests can time encoders on a clock of their own.
     """
     if len(clips) < batch:
         raise ValueError(
@@ -216,12 +222,12 @@ def seconds_per_clip(
         run(x)
         run(x)
     times: dict[str, list[float]] = {name: [] for name in runs}
-    started = time.perf_counter()
+    started = clock()
     rounds = 0
-    while rounds < 5 or time.perf_counter() - started < seconds * len(runs):
+    while rounds < 5 or clock() - started < seconds * len(runs):
         for name, run in runs.items():
-            t = time.perf_counter()
+            t = clock()
             run(x)
-            times[name].append(time.perf_counter() - t)
+            times[name].append(clock() - t)
         rounds += 1
     return {name: float(np.median(t)) / batch for name, t in times.items()}

@@ -45,6 +45,7 @@ from core.bundle import (
 )
 from core.clip import ClipSpec
 from core.files import make_temp_dir
+from core.ortsession import ort_session
 from core.postprocess import ACTIVITY_THRESHOLD
 from training.checkpoint import Checkpoint
 from training.networks import Detector
@@ -190,23 +191,10 @@ def verify_bundle(root: str | Path) -> ModelBundle:
 # --- running the ONNX files ------------------------------------------------------------------
 
 
-def ort_session(path: Path, threads: int = 0, spinning: bool = True) -> Any:
-    """An ONNX Runtime CPU session (`threads` 0 = one per core). `spinning=False` stops idle
-    worker threads from busy-waiting, which would steal cores from anything run next to it."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def ort_runner(path: Path, threads: int = 0, spinning: bool = True) -> Any:
-    """`float32 array -> float32 array` through ONNX Runtime."""
-    session = ort_session(path, threads, spinning)
+    """`float32 array -> float32 array` through an ONNX Runtime CPU session with the server's
+    options (`core.ortsession`; `threads` 0 = one per core, `spinning` as there)."""
+    session = ort_session(path, threads=threads, spinning=spinning)
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: np.ascontiguousarray(x, np.float32)})[0]
 

@@ -187,8 +187,8 @@ def make_variant(
         if report["map_loss_points"] > s.max_map_loss and not s.force:
             raise QuantizationRefused(
                 f"{s.precision.upper()} loses {report['map_loss_points']:.2f} points of "
-                f"mAP@{REFUSAL_TIOU} ({100 * report['before'][REFUSAL_KEY]:.2f} -> "
-                f"{100 * report['after'][REFUSAL_KEY]:.2f}), more than the allowed "
+                f"mAP@{REFUSAL_TIOU} ({report['before'][REFUSAL_KEY]:.3f} -> "
+                f"{report['after'][REFUSAL_KEY]:.3f}), more than the allowed "
                 f"{s.max_map_loss:g}; nothing was written (--force keeps it anyway)",
                 report,
             )

@@ -26,12 +26,14 @@ class MicroBatcher:
         max_batch: int,
         max_wait_s: float,
         on_batch: Callable[[int, float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.fn = fn
         self.executor = executor
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.on_batch = on_batch  # (batch size, seconds in the model)
+        self.clock = clock  # injectable so tests read the waits off it, not off a stopwatch
         self._items: deque[tuple[float, np.ndarray, asyncio.Future]] = deque()
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task | None = None
@@ -57,7 +59,7 @@ class MicroBatcher:
         if self._worker is None or self._worker.done():
             raise RuntimeError("batcher is not running")
         future = asyncio.get_running_loop().create_future()
-        self._items.append((time.monotonic(), item, future))
+        self._items.append((self.clock(), item, future))
         self._wakeup.set()
         return future
 
@@ -77,7 +79,7 @@ class MicroBatcher:
             while not items:
                 await self._wait(None)
             deadline = items[0][0] + self.max_wait_s
-            while len(items) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+            while len(items) < self.max_batch and (left := deadline - self.clock()) > 0:
                 await self._wait(left)
             batch = [items.popleft() for _ in range(min(self.max_batch, len(items)))]
             live = [(item, fut) for _, item, fut in batch if not fut.done()]  # cancelled: gone

@@ -1,10 +1,9 @@
 """`gd-serve`: run the detection server.
 
-    gd-serve [--model BUNDLE] [--host H] [--port P] [--device auto|cpu|cuda|tensorrt]
-             [--tokens-file F] [--no-auth]
+    gd-serve [--config FILE] [--model BUNDLE] [--tokens-file F] [--no-auth] [--SETTING VALUE ...]
 
-Every setting can also come from a `GD_*` environment variable (see server/settings.py and
-docs/server.md); flags win over the environment.
+Every setting (server/settings.py) has a flag, a `GD_*` environment variable and a key in the
+TOML config file; flags win over the environment, the environment over the file.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
 
 import uvicorn
 
@@ -20,7 +20,7 @@ from core.bundle import BundleError
 from core.clip import ClipSpec
 from server.engine import EngineError
 from server.querytokens import install_log_redaction
-from server.settings import DEVICES, MiB, Settings, SettingsError, from_env
+from server.settings import FIELDS, MiB, Settings, SettingsError, flag, from_env
 
 # uvicorn's own WebSocket limit sits this far above the server's `max_frame_bytes`, so that a
 # message just over the limit reaches the server's check and gets its 4413 (uvicorn would
@@ -28,40 +28,51 @@ from server.settings import DEVICES, MiB, Settings, SettingsError, from_env
 WS_MARGIN = 1 * MiB
 
 
+# Settings with no flag: a token on the command line shows in every process listing.
+NO_FLAG = ("tokens",)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="gd-serve", description=__doc__.split("\n")[0])
-    p.add_argument("--model", type=Path, help="model bundle folder (default: models/default)")
-    p.add_argument("--host", help="bind address (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default: 8000)")
-    p.add_argument("--device", choices=DEVICES, help="inference device (default: auto)")
-    p.add_argument("--tokens-file", type=Path, help="API tokens, one a line")
-    p.add_argument(
-        "--no-auth",
-        action="store_const",
-        const=True,
-        help="accept requests without a token (loopback binds only)",
+    """One flag per setting, generated from the model: its description, `GD_*` variable and
+    default in the help. Values stay strings here; `Settings` parses them as it parses the
+    environment, so a bad one is reported the same way (with its flag's name)."""
+    p = argparse.ArgumentParser(
+        prog="gd-serve",
+        description=__doc__.split("\n")[0],
+        allow_abbrev=False,  # `--tokens SECRET` must not pass for `--tokens-file SECRET`
+        epilog="Precedence: flags > GD_* environment variables > config file > defaults. "
+        "Without a flag (environment or config file only): "
+        + "; ".join(f"GD_{n.upper()}: {FIELDS[n].description}" for n in NO_FLAG),
     )
-    p.add_argument("--max-streams", type=int, help="concurrent WebSocket streams (default: 64)")
-    p.add_argument("--threads", type=int, help="inference threads (default: all cores but one)")
     p.add_argument(
-        "--score-delay",
-        type=int,
-        help="clips of future context for live scores, 0 .. window - 1: more is more accurate "
-        "and later (default: the model's own, postprocess.score_delay in model.json)",
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML file of settings, one key per setting as in 'max_streams = 32' "
+        "(GD_CONFIG; default: none)",
     )
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    p.add_argument(
-        "--demo",
-        action="store_const",
-        const=True,
-        help="also stream a scripted synthetic scene into this server and log its detections",
-    )
+    for name, field in FIELDS.items():
+        if name in NO_FLAG:
+            continue
+        if field.annotation is bool:
+            p.add_argument(flag(name), action="store_const", const=True, help=_help(name))
+        else:
+            choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else ()
+            metavar = "{" + ",".join(choices) + "}" if choices else name.upper()
+            p.add_argument(flag(name), metavar=metavar, help=_help(name))
     return p.parse_args(argv)
 
 
-def uvicorn_config(app, settings: Settings, **overrides) -> uvicorn.Config:
+def _help(name: str) -> str:
+    default = FIELDS[name].default
+    shown = "none" if default in (None, ()) else "off" if default is False else default
+    # argparse formats help with %: a literal percent sign must be doubled
+    return f"{FIELDS[name].description} (GD_{name.upper()}; default: {shown})".replace("%", "%%")
+
+
+def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
     """The uvicorn settings the server needs; tests and benchmarks use the same."""
-    options = dict(
+    options: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -85,21 +96,9 @@ def _check_score_delay(delay: int, spec: ClipSpec) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = vars(parse_args(argv))
     try:
-        settings = from_env(
-            model=args.model,
-            host=args.host,
-            port=args.port,
-            device=args.device,
-            tokens_file=args.tokens_file,
-            no_auth=args.no_auth,
-            max_streams=args.max_streams,
-            threads=args.threads,
-            score_delay=args.score_delay,
-            log_level=args.log_level,
-            demo=args.demo,
-        )
+        settings = from_env(**args)
         logging.basicConfig(
             level=settings.log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -112,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, BundleError, EngineError) as e:
         print(f"gd-serve: {e}", file=sys.stderr)
         return 2
-    uvicorn.Server(uvicorn_config(app, settings)).run()
+    try:
+        uvicorn.Server(uvicorn_config(app, settings)).run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown: no traceback
+        return 130  # the shell's status for "stopped by SIGINT"
     return 0
 
 

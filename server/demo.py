@@ -2,8 +2,9 @@
 
 A scripted synthetic scene from `synth` is streamed in real time into this server's own
 `/v1/stream`, over loopback, through exactly the path a camera's frames take. The events are
-logged, so a newcomer sees detections in the log at once, and the stream shows in `/metrics`.
-Scenes follow one another (a new seed each) until the server stops.
+logged beside the scene's ground truth (the generator knows which action it scripted when) with
+a running hit rate, so a newcomer sees at once what was detected and whether it was right; the
+stream shows in `/metrics`. Scenes follow one another (a new seed each) until the server stops.
 """
 
 from __future__ import annotations
@@ -16,21 +17,27 @@ import time
 import numpy as np
 import websockets
 
+from core.truth import TruthCheck, true_actions
 from core.wire import Hello, pack_frame
-from synth.generate import detection_video
+from synth.generate import TARGET_CLASSES, class_names, detection_video
+from synth.recording import Recording
 
 log = logging.getLogger("gd.demo")
 CAMERA_ID = "demo"
 FPS = 30.0
 
 
-def render_scene(seed: int, n_actions: int = 6) -> np.ndarray:
-    """Depth frames (uint16 [T, H, W]) of one scripted synthetic scene."""
-    return detection_video(seed=seed, subject=1, camera=2, n_actions=n_actions).depth
+def render_scene(seed: int, n_actions: int = 6) -> Recording:
+    """One scripted synthetic scene: depth frames (`.depth`, uint16 [T, H, W]) and the actions
+    it holds (`.segments`)."""
+    return detection_video(seed=seed, subject=1, camera=2, n_actions=n_actions, fps=FPS)
 
 
-async def stream_scene(url: str, token: str | None, frames: np.ndarray, encoding: str) -> int:
-    """Stream one scene in real time and log its events; returns the number of actions."""
+async def stream_scene(
+    url: str, token: str | None, frames: np.ndarray, encoding: str, truth: TruthCheck | None = None
+) -> int:
+    """Stream one scene in real time and log its events, each detection beside the true action
+    it overlaps when `truth` holds the scene's actions; returns the number of actions."""
     hello = Hello(CAMERA_ID, frames.shape[2], frames.shape[1], FPS, encoding=encoding, token=token)
     actions = 0
     async with websockets.connect(url, max_size=None) as ws:
@@ -52,10 +59,14 @@ async def stream_scene(url: str, token: str | None, frames: np.ndarray, encoding
                 event = json.loads(message)
                 if event.get("type") == "action" and event.get("state") == "end":
                     actions += 1
+                    label, start_s = event.get("label"), event.get("start_s", 0.0)
+                    end_s = event.get("end_s", 0.0)
+                    checked = ""
+                    if truth is not None:
+                        checked = f"; {truth.describe(truth.check(label, start_s, end_s))}"
                     log.info(
-                        "demo: %s from %.1f s to %.1f s (confidence %.2f)",
-                        event.get("label"), event.get("start_s", 0.0), event.get("end_s", 0.0),
-                        event.get("confidence", 0.0),
+                        "demo: %s from %.1f s to %.1f s (confidence %.2f)%s",
+                        label, start_s, end_s, event.get("confidence", 0.0), checked,
                     )  # fmt: skip
                 elif event.get("type") in ("warning", "error"):
                     log.warning("demo: %s", event)
@@ -66,13 +77,20 @@ async def stream_scene(url: str, token: str | None, frames: np.ndarray, encoding
 
 async def run_demo(url: str, token: str | None, encoding: str = "zstd") -> None:
     """Play scene after scene until cancelled; a failed scene is logged, then the next one."""
-    seed = 0
+    seed, names = 0, class_names(TARGET_CLASSES)
     while True:
         try:
-            frames = await asyncio.to_thread(render_scene, seed)
-            log.info("demo: streaming scene %d (%.0f s) to %s", seed, len(frames) / FPS, url)
-            actions = await stream_scene(url, token, frames, encoding)
-            log.info("demo: scene %d done, %d action(s) detected", seed, actions)
+            scene = await asyncio.to_thread(render_scene, seed)
+            frames = scene.depth
+            truth = TruthCheck()
+            truth.add(true_actions(scene.segments, names, FPS))
+            log.info(
+                "demo: streaming scene %d (%.0f s, true actions: %s) to %s",
+                seed, len(frames) / FPS, ", ".join(a.label for a in truth.actions), url,
+            )  # fmt: skip
+            actions = await stream_scene(url, token, frames, encoding, truth)
+            log.info("demo: scene %d done, %d action(s) detected: %s", seed, actions,
+                     truth.summary())  # fmt: skip
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the demo must never take the server down

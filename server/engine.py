@@ -26,10 +26,11 @@ from core.bundle import (
     check_encoder_shapes,
     engine_folder_name,
 )
+from core.ortsession import CPU_PROVIDER, ort_session
 
 log = logging.getLogger("gd.server.engine")
 
-CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+CPU, CUDA, TENSORRT = CPU_PROVIDER, "CUDAExecutionProvider", "TensorrtExecutionProvider"
 ENCODERS = ("visual_encoder", "sequence_encoder")
 
 
@@ -57,17 +58,9 @@ class OrtEncoder:
     """One encoder as an ONNX Runtime session: float32 array in, float32 array out."""
 
     def __init__(self, path: Path, providers: list[str], threads: int) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        # Idle ORT threads busy-wait by default: on a few cores that steals the event loop's time.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
+            # Idle ORT threads would busy-wait: on a few cores that steals the event loop's time.
+            self.session = ort_session(path, providers, threads, spinning=False)
         except Exception as e:  # ORT raises its own exception types
             raise EngineError(f"{path}: ONNX Runtime cannot load it: {e}") from e
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()

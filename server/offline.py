@@ -78,12 +78,12 @@ async def detect(
             f"{spec.clip_len} ({spec.clip_seconds:g} s)"
         )
     preprocess = DepthPreprocessor(spec, *frames.shape[1:])
-    features = []
+    chunks = []
     for c0 in range(0, n, chunk_clips):
         c1 = min(n, c0 + chunk_clips)
         clips = await timed("preprocess", cpu_executor, _clips, preprocess, frames, kept, c0, c1)
-        features.append(await timed("visual_encoder", model_executor, engine.encode_clips, clips))
-    features = np.concatenate(features)
+        chunks.append(await timed("visual_encoder", model_executor, engine.encode_clips, clips))
+    features = np.concatenate(chunks)
 
     def score_windows(windows: np.ndarray) -> np.ndarray:  # in chunks the engine can batch
         return np.concatenate(

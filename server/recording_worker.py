@@ -265,7 +265,7 @@ def main(argv: list[str]) -> None:
         with open(output, "wb") as f:
             np.save(f, rec.frames)
             np.save(f, rec.timestamps_us)
-        report = {"ok": True}
+        report: dict[str, object] = {"ok": True}
     except RecordingTooLarge as e:
         report = {"status": 413, "code": "too_large", "message": str(e)}
     except RealSenseError as e:

@@ -33,8 +33,9 @@ class Service:
     # so there are two threads besides those: npy / zip uploads never queue behind recordings.
     decode_executor: ThreadPoolExecutor = field(init=False)
     recordings: RecordingDecoder = field(init=False)
-    visual: MicroBatcher | None = None
-    sequence: MicroBatcher | None = None
+    # The batchers of the two encoders, made here and started by `start` (with the event loop).
+    visual: MicroBatcher = field(init=False)
+    sequence: MicroBatcher = field(init=False)
     active_streams: int = 0
     draining: bool = False
 
@@ -46,6 +47,15 @@ class Service:
         self.recordings = RecordingDecoder(
             s.spool_dir, s.decode_timeout_s, s.decode_memory_bytes, s.max_decoders
         )
+        m, wait = self.metrics, s.max_wait_ms / 1000
+        self.visual = MicroBatcher(
+            self.engine.encode_clips, self.model_executor, s.max_batch, wait,
+            m.batch_observer("visual_encoder"),
+        )  # fmt: skip
+        self.sequence = MicroBatcher(
+            self.engine.score_windows, self.model_executor, s.max_batch, wait,
+            m.batch_observer("sequence_encoder"),
+        )  # fmt: skip
 
     @classmethod
     def load(cls, settings: Settings) -> Service:
@@ -65,25 +75,14 @@ class Service:
 
     def start(self) -> None:
         """Clean the spool, start the batchers (needs the running event loop)."""
-        s, m = self.settings, self.metrics
-        remove_stale_spool_files(s.spool_dir)
-        wait = s.max_wait_ms / 1000
-        self.visual = MicroBatcher(
-            self.engine.encode_clips, self.model_executor, s.max_batch, wait,
-            m.batch_observer("visual_encoder"),
-        )  # fmt: skip
-        self.sequence = MicroBatcher(
-            self.engine.score_windows, self.model_executor, s.max_batch, wait,
-            m.batch_observer("sequence_encoder"),
-        )  # fmt: skip
+        remove_stale_spool_files(self.settings.spool_dir)
         self.visual.start()
         self.sequence.start()
 
     async def stop(self) -> None:
         self.draining = True
         for batcher in (self.visual, self.sequence):
-            if batcher is not None:
-                await batcher.stop()
+            await batcher.stop()  # one never started has nothing to stop
         self.recordings.stop()  # a decoder stuck in librealsense must not outlive the server
         self.model_executor.shutdown(wait=False, cancel_futures=True)
         self.decode_executor.shutdown(wait=False, cancel_futures=True)

@@ -1,7 +1,17 @@
-"""Server settings: defaults, `GD_*` environment variables, then command-line flags.
+"""Server settings: one typed model, filled from flags, `GD_*` variables and a TOML file.
 
-Every field of `Settings` can be set from the environment as `GD_<FIELD>` (e.g.
-`GD_MAX_STREAMS=32`, `GD_NO_AUTH=1`, `GD_TOKENS=a,b`); the CLI overrides the environment.
+`Settings` is a frozen pydantic dataclass: its fields are the settings, with their types,
+defaults, limits and descriptions (which `gd-serve --help` prints). `Settings(...)` takes
+values directly and reads nothing else; `from_env` merges the sources, highest first:
+
+    flags (gd-serve's, or from_env's keyword arguments)
+    > GD_<FIELD> environment variables (e.g. GD_MAX_STREAMS=32, GD_NO_AUTH=1, GD_TOKENS=a,b)
+    > the TOML config file (--config FILE or GD_CONFIG; keys are the field names)
+    > the defaults below.
+
+An empty variable counts as unset (`GD_TOKENS_FILE=` undoes an image's default). A bad value
+raises `SettingsError` naming where it came from (`GD_PORT`, `--port`, `FILE: port`) and the
+value (never a token's).
 """
 
 from __future__ import annotations
@@ -9,80 +19,184 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
-DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+from pydantic import (
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+from pydantic_settings.sources.utils import parse_env_vars
+
+Device = Literal["auto", "cpu", "cuda", "tensorrt"]
+DEVICES: tuple[str, ...] = get_args(Device)
+LogLevel = Literal["debug", "info", "warning", "error"]
 MiB = 1 << 20
 
 
-class SettingsError(ValueError):
-    """A setting is missing, malformed or unsafe."""
+class SettingsError(Exception):
+    """A setting is missing, malformed or unsafe.
+
+    Not a ValueError: raised from the model's validator, it must reach the caller as itself,
+    not wrapped in pydantic's ValidationError.
+    """
 
 
-@dataclass(frozen=True)
+def _positive(description: str) -> Any:
+    return Field(gt=0, description=description)
+
+
+def _at_least(low: int, description: str) -> Any:
+    return Field(ge=low, description=description)
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class Settings:
-    model: Path = Path("models/default")
-    host: str = "127.0.0.1"
-    port: int = 8000
-    device: str = "auto"  # auto | cpu | cuda | tensorrt
-    tokens: tuple[str, ...] = field(default=(), repr=False)
-    tokens_file: Path | None = None
-    no_auth: bool = False
-    cors_origins: tuple[str, ...] = ()  # none: browsers on other origins are refused
-    # engine
-    threads: int = 0  # ONNX Runtime intra-op threads; 0 = all cores but one
-    max_batch: int = 32
-    max_wait_ms: float = 4.0
-    # streams
-    max_streams: int = 64
-    queue_frames: int = 32  # per stream; the oldest are dropped beyond it
-    idle_timeout_s: float = 30.0
-    send_timeout_s: float = 10.0
-    max_frame_bytes: int = 16 * MiB  # largest WebSocket message
-    max_gap_s: float = 2.0  # a longer timestamp jump starts a new segment (docs/api.md)
-    max_stream_speed: float = 4.0  # x real time, once a stream's burst is spent
-    stream_burst_s: float = 60.0  # seconds of video a stream may send at any speed
-    # clips of future context for live scores, 0..T_w-1 (docs/api.md); None: the bundle's
-    # postprocess.score_delay, the delay its model card was measured with
-    score_delay: int | None = None
-    top_k: int = 5
-    # uploads
-    max_upload_bytes: int = 256 * MiB
-    max_decoded_bytes: int = 1024 * MiB  # decoded uint16 frames of one upload
-    max_upload_frames: int = 30 * 60 * 30  # 30 minutes at 30 fps
-    spool_dir: Path = Path("/dev/shm")  # where RealSense uploads live while read (RAM)
-    max_upload_clips: int = 3600  # clips one upload may make (an hour at the default model)
-    max_upload_upsample: int = 4  # kept frames per frame received (a sparse upload repeats)
-    max_decoders: int = 2  # RealSense recordings decoded at once, one process each
-    decode_timeout_s: float = 60.0  # a recording decoder running longer is killed
-    decode_memory_bytes: int = 4096 * MiB  # address space of one decoder process
-    log_level: str = "info"
-    demo: bool = False  # stream a synthetic scene into this server (make run)
+    """What the server runs with; where each value comes from: the module's docstring."""
 
-    def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise SettingsError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        for name in (
-            *("port", "threads", "max_batch", "max_streams", "queue_frames", "top_k"),
-            *("max_upload_clips", "max_upload_upsample", "max_decoders", "decode_memory_bytes"),
-        ):
-            low = 0 if name in ("port", "threads") else 1
-            if getattr(self, name) < low:
-                raise SettingsError(f"{name} must be >= {low}, got {getattr(self, name)}")
-        for name in (
-            *("max_wait_ms", "idle_timeout_s", "send_timeout_s", "max_gap_s"),
-            *("max_stream_speed", "stream_burst_s"),
-            "decode_timeout_s",
-        ):
-            if not getattr(self, name) > 0:
-                raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.score_delay is not None and self.score_delay < 0:
-            raise SettingsError(f"score_delay must be >= 0 clips, got {self.score_delay}")
-        if any(not t or any(c.isspace() for c in t) for t in self.tokens):
-            raise SettingsError("tokens must be non-empty and contain no whitespace")
+    model: Annotated[Path, Field(description="the model bundle folder")] = Path("models/default")
+    host: Annotated[str, Field(description="bind address")] = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535, description="port")] = 8000
+    device: Annotated[
+        Device,
+        Field(
+            description="auto: TensorRT, then CUDA when present, else CPU; "
+            "cuda, tensorrt: refuse to start without them"
+        ),
+    ] = "auto"
+    tokens: Annotated[
+        tuple[str, ...],
+        Field(description="API tokens, comma-separated (prefer the tokens file)"),
+    ] = dataclasses.field(default=(), repr=False)
+    tokens_file: Annotated[
+        Path | None,
+        Field(description="API tokens, one a line (# comments, blank lines ignored)"),
+    ] = None
+    no_auth: Annotated[
+        bool, Field(description="accept requests without a token (loopback binds only)")
+    ] = False
+    cors_origins: Annotated[
+        tuple[str, ...],
+        Field(description="origins allowed to call the REST API from a browser, comma-separated"),
+    ] = ()
+    # engine
+    threads: Annotated[
+        int, _at_least(0, "ONNX Runtime intra-op threads; 0 = all cores but one")
+    ] = 0
+    max_batch: Annotated[int, _at_least(1, "most clips (or windows) in one model run")] = 32
+    max_wait_ms: Annotated[float, _positive("longest a clip waits for others to share its run")] = (
+        4.0
+    )
+    # streams
+    max_streams: Annotated[
+        int, _at_least(1, "concurrent WebSocket streams; one more is closed with 4429")
+    ] = 64
+    queue_frames: Annotated[
+        int, _at_least(1, "frames queued per stream; the oldest are dropped beyond it")
+    ] = 32
+    idle_timeout_s: Annotated[
+        float, _positive("a stream that sends nothing this long is closed (4408)")
+    ] = 30.0
+    send_timeout_s: Annotated[
+        float, _positive("a stream that does not take its events this long is closed (4408)")
+    ] = 10.0
+    max_frame_bytes: Annotated[int, _at_least(1, "largest WebSocket message; over it: 4413")] = (
+        16 * MiB
+    )
+    max_gap_s: Annotated[
+        float, _positive("a longer timestamp jump starts a new segment of the stream")
+    ] = 2.0
+    max_stream_speed: Annotated[
+        float, _positive("x real time a stream may send, once its burst is spent")
+    ] = 4.0
+    stream_burst_s: Annotated[
+        float, _positive("seconds of video a stream may send at any speed")
+    ] = 60.0
+    # None: the bundle's postprocess.score_delay, the delay its model card was measured with
+    score_delay: Annotated[
+        int | None,
+        Field(
+            ge=0,
+            description="clips of future context for live scores, 0 .. window - 1: more is "
+            "more accurate and later; none: the model's own (postprocess.score_delay)",
+        ),
+    ] = None
+    top_k: Annotated[int, _at_least(1, "actions listed in each scores event")] = 5
+    # uploads
+    max_upload_bytes: Annotated[int, _at_least(1, "largest upload body")] = 256 * MiB
+    max_decoded_bytes: Annotated[
+        int, _at_least(1, "largest decoded video (T*H*W*2 bytes) of one upload")
+    ] = 1024 * MiB
+    max_upload_frames: Annotated[
+        int, _at_least(1, "most frames in one upload (30 min at 30 fps)")
+    ] = 30 * 60 * 30
+    spool_dir: Annotated[
+        Path, Field(description="where a RealSense upload lives while read (RAM)")
+    ] = Path("/dev/shm")
+    max_upload_clips: Annotated[
+        int, _at_least(1, "most clips one upload may make (an hour at the default model)")
+    ] = 3600
+    max_upload_upsample: Annotated[
+        int, _at_least(1, "most kept frames per frame received (a sparse upload repeats)")
+    ] = 4
+    max_decoders: Annotated[
+        int, _at_least(1, "RealSense recordings decoded at once, one process each")
+    ] = 2
+    decode_timeout_s: Annotated[
+        float, _positive("a recording decoder (waiting included) running longer is killed")
+    ] = 60.0
+    decode_memory_bytes: Annotated[int, _at_least(1, "address space of one decoder process")] = (
+        4096 * MiB
+    )
+    log_level: Annotated[LogLevel, Field(description="log level")] = "info"
+    demo: Annotated[
+        bool, Field(description="stream a synthetic scene into this server and log detections")
+    ] = False
+
+    @field_validator("tokens", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        """Lists come from the environment and flags as `a,b` (spaces and empty parts
+        dropped), from the config file as TOML arrays."""
+        if isinstance(value, str):
+            return tuple(p.strip() for p in value.split(",") if p.strip())
+        return value
+
+    @field_validator("tokens")
+    @classmethod
+    def _no_whitespace(cls, tokens: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not t or any(c.isspace() for c in t) for t in tokens):
+            raise ValueError("must be non-empty and contain no whitespace")
+        return tokens
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _named_errors(
+        cls, values: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> Any:
+        """Every problem in one SettingsError, each named as the caller knows the setting
+        (`info.context["names"]`, from `from_env`; else the field's name)."""
+        try:
+            return handler(values)
+        except ValidationError as e:
+            names = (info.context or {}).get("names", {})
+            raise SettingsError("; ".join(_describe(err, names) for err in e.errors())) from None
 
     def all_tokens(self) -> tuple[str, ...]:
         """Tokens given directly plus those of the tokens file (one a line, # comments)."""
@@ -115,6 +229,38 @@ class Settings:
         return tokens
 
 
+# Each setting's type, default and description (what gd-serve's flags and help are made of).
+FIELDS: dict[str, FieldInfo] = Settings.__pydantic_fields__  # type: ignore[attr-defined]
+SECRET = frozenset(f.name for f in dataclasses.fields(Settings) if not f.repr)
+# pydantic's error types, in the words of a settings message (others keep pydantic's own)
+REQUIREMENTS = {
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than_equal": "must be <= {le}",
+    "literal_error": "must be one of {expected}",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_parsing": "must be a number",
+    "bool_parsing": "must be a boolean (1/0, true/false, yes/no)",
+    "extra_forbidden": "is not a setting",
+    "unexpected_keyword_argument": "is not a setting",
+    "value_error": "{error}",
+}
+
+
+def _describe(err: Mapping[str, Any], names: Mapping[str, str]) -> str:
+    field = str(err["loc"][0]) if err["loc"] else "settings"
+    ctx = err.get("ctx", {})
+    if err["type"] == "greater_than" and ctx["gt"] == 0:
+        requirement = "must be positive"
+    elif err["type"] in REQUIREMENTS:
+        requirement = REQUIREMENTS[err["type"]].format(**ctx)
+    else:
+        requirement = f"is invalid ({err['msg']})"
+    got = "" if field in SECRET else f", got {err['input']!r}"
+    return f"{names.get(field, field)} {requirement}{got}"
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -124,33 +270,58 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Settings from `GD_*` variables, then `overrides` (those not None) on top."""
-    environ = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(Settings):
-        raw = environ.get(f"GD_{f.name.upper()}")
-        if raw is not None:
-            values[f.name] = _parse(f.name, f.type, raw)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return Settings(**values)
+class _Fields(BaseSettings, Settings):  # type: ignore[misc]
+    """`Settings`' fields as pydantic-settings' sources read them (the way its own CliApp
+    wraps a dataclass); only read from, never instantiated: `Settings` validates."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GD_",
+        env_ignore_empty=True,
+        enable_decoding=False,  # lists are comma-separated, not JSON (Settings._split_commas)
+    )
 
 
-def _parse(name: str, kind: str, raw: str) -> Any:
-    var = f"GD_{name.upper()}"
+class _Environment(EnvSettingsSource):
+    """`GD_*` variables of a given mapping rather than always `os.environ` (tests, Docker)."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(_Fields)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty)
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The settings of a TOML file: top-level keys named as `Settings`' fields."""
+    if not path.is_file():
+        raise SettingsError(f"config file {path}: no such file")
     try:
-        if kind == "bool":
-            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", ""):
-                raise ValueError(raw)
-            return raw.lower() in ("1", "true", "yes")
-        if kind in ("int", "int | None"):
-            return int(raw) if raw else None
-        if kind == "float":
-            return float(raw)
-        if kind == "tuple[str, ...]":
-            return tuple(p.strip() for p in raw.split(",") if p.strip())
-        if kind in ("Path", "Path | None"):
-            return Path(raw) if raw else None
-        return raw
-    except ValueError as e:
-        raise SettingsError(f"{var} must be a {kind}, got {raw!r}") from e
+        return TomlConfigSettingsSource(_Fields, toml_file=path)()
+    except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as e:
+        raise SettingsError(f"config file {path}: {e}") from None
+
+
+def flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+_VALIDATE = TypeAdapter(Settings)  # validation with a context: the settings' names
+
+
+def from_env(
+    environ: Mapping[str, str] | None = None, config: Path | None = None, **flags: Any
+) -> Settings:
+    """Settings from `flags` (those not None), then the `GD_*` variables of `environ`
+    (default: the process's), then the config file (`config`, else `GD_CONFIG`)."""
+    environ = os.environ if environ is None else environ
+    env = _Environment(environ)()
+    path = config or environ.get("GD_CONFIG") or None
+    from_file = read_config(Path(path)) if path else {}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    names = {
+        **{k: f"{path}: {k}" for k in from_file},
+        **{k: f"GD_{k.upper()}" for k in env},
+        **{k: flag(k) for k in flags},
+    }
+    return _VALIDATE.validate_python({**from_file, **env, **flags}, context={"names": names})

@@ -37,7 +37,8 @@ import json
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import MutableMapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -48,8 +49,20 @@ from core.clip import (
     DepthPreprocessor,
     TimestampError,
     TimestampResampler,
-    clip_source_span,
+    clips_span,
 )
+from core.events import (
+    ActionEnd,
+    ActionStart,
+    End,
+    Event,
+    FramesDropped,
+    Score,
+    Scores,
+    ServerError,
+    TimestampGap,
+)
+from core.limits import MILLIMETRES
 from core.postprocess import SegmentEnd, Segmenter, SegmentStart
 from core.realsense import to_millimetres
 from core.wire import (
@@ -140,7 +153,7 @@ class _Segment:
     first_clip: int  # the stream-wide number of its first clip
     offset_frames: int  # source frames (at the model's rate) from the stream's first frame
     resampler: TimestampResampler
-    kept: deque[_Frame]  # the last clip_len kept frames
+    kept: deque[np.ndarray]  # the last clip_len kept frames, preprocessed
     n_kept: int = 0
 
 
@@ -159,8 +172,7 @@ async def serve(ws: WebSocket, service: Service) -> None:
     metrics, settings = service.metrics, service.settings
     if keys := querytokens.sensitive_keys(ws.scope.get("query_string", b"")):
         metrics.streams_closed.labels("4400").inc()
-        error = StreamError(4400, "token_in_url", querytokens.refusal_message(keys))
-        await _close(ws, error)
+        await _close(ws, StreamError(4400, "token_in_url", querytokens.refusal_message(keys)))
         return
     if service.active_streams >= settings.max_streams or service.draining:
         metrics.streams_closed.labels("4429").inc()
@@ -198,9 +210,9 @@ async def _close(ws: WebSocket, error: StreamError | None) -> None:
         return
     try:
         if error is not None and error.code != "not_reading":  # it would never arrive
-            event = {"type": "error", "code": error.code, "message": error.message}
+            event = ServerError(error.code, error.message)
             async with asyncio.timeout(2):
-                await ws.send_text(json.dumps(event))
+                await ws.send_text(json.dumps(event.to_message()))
         close, reason = (1000, "") if error is None else (error.close, error.code)
         async with asyncio.timeout(2):
             await ws.close(close, reason=reason[:120])
@@ -208,7 +220,7 @@ async def _close(ws: WebSocket, error: StreamError | None) -> None:
         pass
 
 
-async def _receive(ws: WebSocket, timeout: float) -> dict[str, Any]:
+async def _receive(ws: WebSocket, timeout: float) -> MutableMapping[str, Any]:
     # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
     # races a completed receive, and the stream's tasks would never stop.
     try:
@@ -296,7 +308,7 @@ class StreamSession:
         self.delay = self.service.score_delay if hello.score_delay is None else hello.score_delay
         check_score_delay(self.delay, spec)  # the server's own setting: checked at start-up
         self.delayed: deque[tuple[int, _Frame]] = deque()  # clips scored, not yet sent
-        self.window_probs: np.ndarray | None = None  # the newest window's output [len, C]
+        self.window_probs = np.empty((0, 0))  # the newest window's output [len, C]
         self.window_end = -1  # the clip it ends with
         self.received = self.dropped = self.dropped_unreported = 0
         self.last_warning = 0.0
@@ -320,18 +332,18 @@ class StreamSession:
             latency_s=latency_s(self.spec, self.delay),
         )
 
-    async def send(self, event: dict[str, Any]) -> None:
+    async def send(self, event: Event) -> None:
         async with self.send_lock:
             try:
                 async with asyncio.timeout(self.settings.send_timeout_s):
-                    await self.ws.send_text(json.dumps(event))
+                    await self.ws.send_text(json.dumps(event.to_message()))
             except TimeoutError:
                 raise StreamError(
                     4408, "not_reading", "the client stopped reading events"
                 ) from None
 
     async def run(self) -> None:
-        await self.send(self.ready().to_message())
+        await self.send(self.ready())
         log.info("stream %s open: %r", self.hello.camera_id, self.hello)
         tasks = [
             asyncio.create_task(self._receive()),
@@ -452,23 +464,23 @@ class StreamSession:
             seg.n_kept += 1
             n = seg.n_kept
             if n >= spec.clip_len and (n - spec.clip_len) % spec.clip_step == 0:
-                clip = np.stack([f.image for f in seg.kept])
+                clip = np.stack(seg.kept)
                 out.append((self.n_clips, self.service.visual.submit(clip), frame))
                 self.n_clips += 1
         return out
 
-    def _prepare(self, frame: _Frame) -> _Frame:
+    def _prepare(self, frame: _Frame) -> np.ndarray:
         """Decode and preprocess a kept frame (once: a gap repeats the same frame)."""
         if frame.image is None:
             try:
                 image = decode_image(frame.payload, self.hello.encoding, self.sizes)
             except WireError as e:
                 raise _wire_error(e) from None
-            if self.hello.depth_units != 0.001:
+            if self.hello.depth_units != MILLIMETRES:
                 image = to_millimetres(image, self.hello.depth_units)
             frame.image = self.preprocessors[image.shape](image)
             frame.payload = memoryview(b"")  # the bytes are no longer needed
-        return frame
+        return frame.image
 
     async def _warn_drops(self) -> None:
         now = time.monotonic()
@@ -476,16 +488,11 @@ class StreamSession:
             return
         self.last_warning = now
         n, self.dropped_unreported = self.dropped_unreported, 0
-        await self.send({
-            "type": "warning",
-            "code": "frames_dropped",
-            "message": (
-                f"dropped the {n} oldest queued frame(s): the server is overloaded, or the "
-                f"stream runs faster than {self.settings.max_stream_speed:g}x real time"
-            ),
-            "dropped": n,
-            "total_dropped": self.dropped,
-        })  # fmt: skip
+        message = (
+            f"dropped the {n} oldest queued frame(s): the server is overloaded, or the "
+            f"stream runs faster than {self.settings.max_stream_speed:g}x real time"
+        )
+        await self.send(FramesDropped(message, dropped=n, total_dropped=self.dropped))
 
     # --- clips -> events -------------------------------------------------------------
 
@@ -505,12 +512,7 @@ class StreamSession:
         await self._flush_delayed()
         for event in self.segmenter.flush():
             await self.send(self._action_event(event))
-        await self.send({
-            "type": "end",
-            "clips": self.segmenter.next_clip,
-            "frames_received": self.received,
-            "frames_dropped": self.dropped,
-        })  # fmt: skip
+        await self.send(End(self.segmenter.next_clip, self.received, self.dropped))
 
     async def _score(self, c: int, frame: _Frame) -> None:
         """Clip c's scores from its position in the newest window, and the events they make."""
@@ -534,72 +536,58 @@ class StreamSession:
         self.features.clear()
         self.scored = gap.segment
         gap_s = gap.gap_us / 1e6
-        await self.send({
-            "type": "warning",
-            "code": "timestamp_gap",
-            "message": (
-                f"timestamps jumped {gap_s:.3f} s (more than {self.max_gap_us / 1e6:g} s): "
-                f"a new segment starts at clip {gap.segment.first_clip}; the gap is not scored"
-            ),
-            "gap_s": gap_s,
-            "clip": gap.segment.first_clip,
-            "frame_index": gap.frame.index,
-            "timestamp_us": gap.frame.timestamp_us,
-        })  # fmt: skip
+        message = (
+            f"timestamps jumped {gap_s:.3f} s (more than {self.max_gap_us / 1e6:g} s): "
+            f"a new segment starts at clip {gap.segment.first_clip}; the gap is not scored"
+        )
+        frame = gap.frame
+        warning = TimestampGap(
+            message, gap_s, gap.segment.first_clip, frame.index, frame.timestamp_us
+        )
+        await self.send(warning)
 
     def _span(self, first: int, last: int) -> dict[str, Any]:
         """Frames, seconds and the client's timestamps covered by clips first..last (of the
         segment being scored). Frames and seconds count from the stream's first frame."""
         spec, seg = self.spec, self.scored
         a, b = first - seg.first_clip, last - seg.first_clip  # within the segment
-        start_frame = seg.offset_frames + clip_source_span(spec, a)[0]
-        end_frame = seg.offset_frames + clip_source_span(spec, b)[1]
         return {
-            "start_frame": int(start_frame),
-            "end_frame": int(end_frame),
-            "start_s": start_frame / spec.source_fps,
-            "end_s": (end_frame + 1) / spec.source_fps,
+            **asdict(clips_span(spec, a, b, seg.offset_frames)),
             "start_timestamp_us": seg.resampler.tick_time(a * spec.clip_step),
             "end_timestamp_us": seg.resampler.tick_time(b * spec.clip_step + spec.clip_len),
         }
 
-    def _scores_event(self, c: int, probs: np.ndarray, frame: _Frame) -> dict[str, Any]:
+    def _scores_event(self, c: int, probs: np.ndarray, frame: _Frame) -> Scores:
         k = min(self.settings.top_k, len(probs) - 1)
         top = np.argsort(-probs[1:], kind="stable")[:k] + 1
-        return {
-            "type": "scores",
-            "clip": c,
+        return Scores(
+            clip=c,
             **self._span(c, c),
-            "activity": float(1.0 - probs[0]),
-            "top": [
-                {"label": self.classes[i], "class_id": int(i), "score": float(probs[i])}
-                for i in top
-            ],
+            activity=float(1.0 - probs[0]),
+            top=tuple(Score(self.classes[i], int(i), float(probs[i])) for i in top),
             # the frame whose arrival completed the clip: latency is measured from it
-            "frame_index": frame.index,
-            "timestamp_us": frame.timestamp_us,
-        }
+            frame_index=frame.index,
+            timestamp_us=frame.timestamp_us,
+        )
 
-    def _action_event(self, event: SegmentStart | SegmentEnd) -> dict[str, Any]:
+    def _action_event(self, event: SegmentStart | SegmentEnd) -> ActionStart | ActionEnd:
         if isinstance(event, SegmentStart):
             span = self._span(event.clip, event.clip)
-            return {
-                "type": "action",
-                "state": "start",
-                "label": self.classes[event.class_id],
-                "class_id": event.class_id,
-                "confidence": event.confidence,
-                "clip": event.clip,
-                "start_frame": span["start_frame"],
-                "start_s": span["start_s"],
-                "start_timestamp_us": span["start_timestamp_us"],
-            }
+            return ActionStart(
+                label=self.classes[event.class_id],
+                class_id=event.class_id,
+                confidence=event.confidence,
+                clip=event.clip,
+                start_frame=span["start_frame"],
+                start_s=span["start_s"],
+                start_timestamp_us=span["start_timestamp_us"],
+            )
         seg = event.segment
-        return {
-            "type": "action",
-            "state": "end",
-            **seg.to_detection(self.spec, self.classes),
+        return ActionEnd(
+            label=self.classes[seg.class_id],
+            class_id=seg.class_id,
+            confidence=seg.confidence,
             **self._span(seg.first_clip, seg.last_clip),  # counts the gaps, too
-            "first_clip": seg.first_clip,
-            "last_clip": seg.last_clip,
-        }
+            first_clip=seg.first_clip,
+            last_clip=seg.last_clip,
+        )

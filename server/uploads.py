@@ -40,12 +40,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.clip import frame_timestamps_us
-from core.wire import WireError, png_size
+from core.depthfiles import (
+    DepthFileError,
+    check_depth_layout,
+    check_same_size,
+    check_timestamps,
+    decode_png_depth,
+    natural_key,
+    npz_frames_key,
+    png_depth_size,
+)
+from core.limits import MAX_SIDE, fps_message, valid_fps
 from server.recording_worker import RecordingDecoder, RecordingRejected
 
 log = logging.getLogger("gd.server.uploads")
 
-MAX_SIDE = 4096
 NPY_MAX_HEADER = 4096  # numpy writes ~128 bytes; a long header is only there to hurt the parser
 MAX_NAME = 255  # zip member names
 MAX_DIM_DIGITS = 18  # a dimension with more digits is over any limit (and over int64)
@@ -153,18 +162,23 @@ def _timestamps(n: int, fps: float | None, kind: str) -> np.ndarray:
 
 
 def check_fps(fps: float) -> float:
-    """A usable frame rate: finite, in (0, 1000]."""
-    if not (math.isfinite(fps) and 0 < fps <= 1000):
-        raise UploadError(422, "invalid_fps", f"fps must be a number in (0, 1000], got {fps}")
+    """A usable frame rate (`core.limits.valid_fps`)."""
+    if not valid_fps(fps):
+        raise UploadError(422, "invalid_fps", fps_message(fps))
     return fps
 
 
+def _check_layout(dtype: np.dtype, shape: tuple[int, ...], limits: Limits) -> None:
+    try:
+        check_depth_layout(dtype, shape)
+    except DepthFileError as e:
+        raise _invalid(str(e)) from None
+    t, h, w = shape  # check_depth_layout accepted it: T x H x W
+    _check_size(t, h, w, limits)
+
+
 def _check_frames(frames: np.ndarray, limits: Limits) -> np.ndarray:
-    if frames.dtype.kind != "u" or frames.dtype.itemsize != 2:
-        raise _invalid(f"depth must be uint16 millimetres, got {frames.dtype}")
-    if frames.ndim != 3 or 0 in frames.shape:
-        raise _invalid(f"depth must be T x H x W with T, H, W >= 1, got shape {frames.shape}")
-    _check_size(*frames.shape, limits)
+    _check_layout(frames.dtype, frames.shape, limits)
     return frames.astype(np.uint16, copy=False)  # big-endian input becomes native
 
 
@@ -255,11 +269,7 @@ def _npy_data(data: bytes, header: NpyHeader, name: str) -> np.ndarray:
 
 def _load_frames(data: bytes, name: str, limits: Limits) -> np.ndarray:
     header = npy_header(data, name)
-    if header.dtype.kind != "u" or header.dtype.itemsize != 2:  # before reading any data
-        raise _invalid(f"depth must be uint16 millimetres, got {header.dtype}")
-    if len(header.shape) != 3 or 0 in header.shape:
-        raise _invalid(f"depth must be T x H x W with T, H, W >= 1, got shape {header.shape}")
-    _check_size(*header.shape, limits)
+    _check_layout(header.dtype, header.shape, limits)  # before reading any data
     return _check_frames(_npy_data(data, header, name), limits)
 
 
@@ -302,7 +312,7 @@ def _decode_zip(data: bytes, fps: float | None, limits: Limits) -> Video:
             "a zip must hold only .png frames (or be an .npz); found "
             + (", ".join(_printable(n) for n in not_png[:5]) if not_png else "no files")
         )
-    frames = _read_pngs(data, sorted(members, key=lambda m: _natural(m.filename)), limits)
+    frames = _read_pngs(data, sorted(members, key=lambda m: natural_key(m.filename)), limits)
     return Video(frames, _timestamps(len(frames), fps, "zip"), "png-zip")
 
 
@@ -321,10 +331,6 @@ def _printable(name: str, limit: int = 80) -> str:
     """A name safe to put in a message: control characters replaced, length bounded."""
     clean = "".join("?" if unicodedata.category(c) == "Cc" else c for c in name[:limit])
     return clean + ("..." if len(name) > limit else "")
-
-
-def _natural(name: str) -> list:
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
 def _read(data: bytes, member: zipfile.ZipInfo) -> bytes:
@@ -403,33 +409,20 @@ _INFLATE = {
 
 
 def _read_pngs(data: bytes, members: list, limits: Limits) -> np.ndarray:
-    import cv2
-
     frames = None
     for i, member in enumerate(members):
         png = _read(data, member)
         name = _printable(member.filename)
         try:
-            h, w, bit_depth, color_type = png_size(png)
-        except WireError as e:
-            raise _invalid(f"{name}: {e}") from e
-        if (bit_depth, color_type) != (16, 0):
-            raise _invalid(
-                f"{name}: PNG must be 16-bit grayscale, got bit depth {bit_depth}, "
-                f"color type {color_type}"
-            )
-        if frames is None:
-            _check_size(len(members), h, w, limits)  # the whole video, before decoding any
-            frames = np.empty((len(members), h, w), np.uint16)
-        elif (h, w) != frames.shape[1:]:
-            raise _invalid(
-                f"{name} is {w}x{h}, the first frame {frames.shape[2]}x"
-                f"{frames.shape[1]}: all frames must have one size"
-            )
-        image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
-        if image is None or image.shape != (h, w) or image.dtype != np.uint16:
-            raise _invalid(f"{name}: corrupt or truncated PNG")
-        frames[i] = image
+            size = png_depth_size(png)
+            if frames is None:
+                _check_size(len(members), *size, limits)  # the whole video, before decoding any
+                frames = np.empty((len(members), *size), np.uint16)
+            check_same_size(name, size, frames.shape[1:])
+            frames[i] = decode_png_depth(png, size)
+        except DepthFileError as e:
+            raise _invalid(f"{name}: {e}") from None
+    assert frames is not None  # the caller refuses a zip without members
     return frames
 
 
@@ -438,23 +431,18 @@ def _read_pngs(data: bytes, members: list, limits: Limits) -> np.ndarray:
 
 def _decode_npz(data: bytes, members: list, fps: float | None, limits: Limits) -> Video:
     arrays = {m.filename[:-4]: m for m in members}
-    extras = {"timestamps_us", "fps"}
-    candidates = [k for k in arrays if k not in extras]
-    key = "depth" if "depth" in arrays else (candidates[0] if len(candidates) == 1 else None)
-    if key is None:
-        shown = [_printable(k, 40) for k in candidates[:5]]
-        raise _invalid(f".npz must hold an array 'depth' (or a single array); has {shown}")
+    try:
+        key = npz_frames_key(arrays)
+    except DepthFileError as e:
+        raise _invalid(str(e)) from None
     name = _printable(arrays[key].filename)
     frames = _load_frames(_read(data, arrays[key]), name, limits)
     if "timestamps_us" in arrays:
         ts = _load_small(data, arrays["timestamps_us"], len(frames))
-        if ts.dtype.kind not in "iu" or ts.shape != (len(frames),):
-            raise _invalid(
-                f"timestamps_us must be {len(frames)} integers, got {ts.dtype} {ts.shape}"
-            )
-        if ts.dtype == np.uint64 and ts.max() > np.iinfo(np.int64).max:
-            raise _invalid("timestamps_us must fit in int64 microseconds")
-        return Video(frames, ts.astype(np.int64), "npz")
+        try:
+            return Video(frames, check_timestamps(ts, len(frames)), "npz")
+        except DepthFileError as e:
+            raise _invalid(str(e)) from None
     if "fps" in arrays and fps is None:
         value = _load_small(data, arrays["fps"], 1)
         if value.size != 1:

@@ -4,7 +4,9 @@
 modalities); `detection` writes a PKU-MMD tree (target: long videos of 10-25 actions with
 background between them). The trees are byte-for-byte in the real formats, so `gd-prep` and
 `gd-train` treat them exactly like the real datasets. `gd-synth.json` at the root records what
-was generated, and the class names.
+was generated, and the class names. `sample` writes one depth recording to upload (a RealSense
+`.db3`, or `.npz`) with its ground truth, for the quick start. `recordings` writes site
+recordings and their label file (`synth.site`, docs/retraining.md).
 """
 
 from __future__ import annotations
@@ -17,14 +19,19 @@ from pathlib import Path
 
 import numpy as np
 
-from core.clip import parse_size
+from core.clip import frame_timestamps_us, parse_size
 from core.files import atomic_write_text
+from core.labels import write_label_file
+from synth import site
 from synth.cameras import CAMERAS, camera_profile
 from synth.formats import (
+    PKU_CONFIDENCE,
+    PKU_LABEL_DIR,
     PKU_VIEWS,
     SYNTH_MARKER,
     XSUB_TRAIN_60,
     ntu_name,
+    pku_label_rows,
     pku_video_name,
     write_ntu_sample,
     write_pku_splits,
@@ -45,6 +52,13 @@ from synth.subjects import DEFAULT_DIFFICULTY
 
 NTU_SETUPS = 17
 PKU_CROSS_VIEW_TRAIN = ("M", "R")  # PKU-MMD cross-view: train on middle and right views
+# The quick start's sample: what the default model was trained on (difficulty 0.1, README's
+# models/default), but a seed and a test subject it never saw.
+SAMPLE_NAME = "sample"
+SAMPLE_SEED = 1000
+SAMPLE_SUBJECT = 3  # a cross-subject test performer (not in XSUB_TRAIN_60)
+SAMPLE_DIFFICULTY = 0.1
+SAMPLE_SIZE = (64, 64)  # the default model's training frames (H, W)
 
 
 def write_classification(root: str, name: str, modalities: tuple[str, ...], **sample) -> str:
@@ -195,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{classification,detection}")
+    sub = p.add_subparsers(
+        dest="command", required=True, metavar="{classification,detection,sample,recordings}"
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", type=Path, required=True, help="root folder to write")
     common.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
@@ -271,11 +287,77 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("MIN", "MAX"),
         help="actions per video (default 10 25)",
     )
+    s = sub.add_parser(
+        "sample",
+        help="one depth recording to upload, with its ground truth (the quick start)",
+        description="One synthetic detection video as OUT/sample.db3 (a RealSense recording, "
+        "as gd-upload and gd-stream file read it) or OUT/sample.npz, and its ground truth "
+        "OUT/label/sample.txt (PKU-MMD label format, for gd-eval --gt). By default a seed, "
+        "performer and difficulty like the default model's held-out test videos.",
+    )
+    s.add_argument("--out", type=Path, required=True, help="folder to write")
+    s.add_argument("--seed", type=int, default=SAMPLE_SEED, help=f"default {SAMPLE_SEED}")
+    s.add_argument("--actions", type=int, default=6, help="scripted actions (default 6)")
+    s.add_argument(
+        "--difficulty",
+        type=float,
+        default=SAMPLE_DIFFICULTY,
+        help=f"0 = clean, 1 = hardest (default {SAMPLE_DIFFICULTY}, the default model's)",
+    )
+    s.add_argument(
+        "--size",
+        type=frame_size,
+        default=SAMPLE_SIZE,
+        metavar="HxW",
+        help="depth frame size (default 64x64, the default model's)",
+    )
+    s.add_argument(
+        "--format",
+        choices=("db3", "npz"),
+        default="db3",
+        help="db3: a RealSense recording (needs pyrealsense2); npz: arrays depth and fps",
+    )
+    site.add_parser(sub, frame_size)
     return p  # fmt: skip
+
+
+def write_sample(args: argparse.Namespace) -> Path:
+    """One detection video as a depth recording `OUT/sample.<format>` and its ground truth
+    `OUT/label/sample.txt` (PKU-MMD label format, what `gd-eval --gt` reads)."""
+    from core.realsense import record_depth  # needs pyrealsense2: only for .db3
+
+    rec = detection_video(
+        seed=args.seed, subject=SAMPLE_SUBJECT, camera=2, n_actions=args.actions,
+        size=args.size, difficulty=args.difficulty,
+    )  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{SAMPLE_NAME}.{args.format}"
+    if args.format == "db3":
+        record_depth(path, rec.depth, frame_timestamps_us(rec.num_frames, rec.fps), rec.fps)
+    else:
+        np.savez_compressed(path, depth=rec.depth, fps=np.float64(rec.fps))
+    labels = args.out / PKU_LABEL_DIR / f"{SAMPLE_NAME}.txt"
+    labels.parent.mkdir(exist_ok=True)
+    write_label_file(labels, pku_label_rows(rec.segments, PKU_CONFIDENCE))
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "recordings":
+        return site.run(args)
+    if args.command == "sample":
+        if not 0.0 <= args.difficulty <= 1.0 or not 1 <= args.actions <= 200:
+            print("gd-synth: error: --difficulty must be in [0, 1], --actions in 1..200",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        try:
+            path = write_sample(args)
+        except ValueError as e:  # RealSenseError: no pyrealsense2
+            print(f"gd-synth: error: {e}; or write --format npz", file=sys.stderr)
+            return 2
+        print(f"wrote {path} and its ground truth {args.out / PKU_LABEL_DIR}/")
+        return 0
     args.modalities = tuple(args.modalities)
     count = args.samples if args.command == "classification" else args.videos
     if count < 1:

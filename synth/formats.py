@@ -31,6 +31,7 @@ import numpy as np
 
 from core.files import atomic_output, atomic_write_bytes, make_temp_dir
 from core.labels import write_label_file
+from core.splits import VIDEO_NAME
 
 NUM_JOINTS = 25
 FPS = 30.0
@@ -54,7 +55,7 @@ PKU_RGB_DIR = "rgb"
 PKU_SPLIT_DIR = "split"
 PKU_DEPTH_PATTERN = "Depth-{:08d}.png"
 PKU_VIEWS = ("L", "M", "R")
-PKU_VIDEO_NAME = re.compile(r"(\d{4})-([LMR])")
+PKU_VIDEO_NAME = VIDEO_NAME  # one home: core.splits, which reads what this module writes
 # Titles of lines 1 and 3 of the released split files, typo included.
 PKU_SPLIT_TITLES = ("Training videos: ", "Validataion videos: ")
 PKU_CONFIDENCE = 2  # PKU-MMD: 1 = slight, 2 = strong recommendation

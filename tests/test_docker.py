@@ -19,7 +19,7 @@ import yaml
 from clients import stream
 from server import cli as server_cli
 from server.settings import from_env
-from tests.server.tiny_bundle import make_bundle
+from tests.helpers.tiny_bundle import make_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV_TOKENS = ROOT / "docker/dev-tokens.txt"
@@ -250,6 +250,7 @@ def run_healthcheck(env: dict[str, str]) -> int:
     return subprocess.run(check, env=env, capture_output=True, timeout=30).returncode
 
 
+@pytest.mark.slow
 def test_server_entrypoint_healthcheck_and_demo_outside_docker(tmp_path):
     """The server image's entrypoint and environment (with the compose secret and a tiny model),
     its health check, and the demo streamer's command, as processes on this machine."""

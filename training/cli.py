@@ -21,7 +21,9 @@ from pathlib import Path
 from core.files import atomic_write_text
 from training import distributed
 from training.config import PRESETS, Config, ConfigError, config_size, load_config
-from training.trainer import STAGES, TrainingError, run_evaluate, run_stage
+from training.evaluate import other_config_than_trained
+from training.run import run_evaluate, run_stage
+from training.stages import STAGES, TrainingError
 
 PRESET_HELP = (
     "presets: 'paper' keeps the paper's hyper-parameters (width 64, 224x224 input, sequence "
@@ -63,8 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
         "pipeline": "gd-synth data and gd-prep caches (if absent), then pretrain, detect, "
         "evaluate; finished stages are skipped, an interrupted one resumes",
     }
-    for name, text in helps.items():
-        sub.add_parser(name, parents=[common, run], help=text, description=text, epilog=PRESET_HELP)
+    stages = {
+        name: sub.add_parser(
+            name, parents=[common, run], help=text, description=text, epilog=PRESET_HELP
+        )
+        for name, text in helps.items()
+    }
+    stages["evaluate"].add_argument(
+        "--force",
+        action="store_true",
+        help="evaluate even with a target config other than the detector was trained with, "
+        "overwriting its metrics",
+    )
     sub.add_parser(
         "show-config", parents=[common], help="print the resolved config", epilog=PRESET_HELP
     )
@@ -177,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
                     shown = {k: v for k, v in metrics.items() if k.endswith("accuracy")}
                     print(f"{args.command}: {json.dumps(shown)}")
             elif args.command == "evaluate":
+                refused = None if args.force else other_config_than_trained(cfg, args.workdir)
+                if refused:
+                    raise TrainingError(refused)
                 metrics = run_evaluate(cfg, args.workdir, dist)
                 if dist.main:
                     print(summary(metrics))

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from core.clip import FITS, parse_size
+from core.postprocess import ACTIVITY_THRESHOLD
 from synth.cameras import CAMERAS
 from training.cache import IMAGE_MODALITIES, MODALITIES
 from training.distillation import GraphKind, Metric
@@ -113,7 +114,7 @@ class TargetConfig:
     background_weight: float = 0.5
     uniform_epochs: int = 200
     prior_epochs: int = 0
-    activity_threshold: float = 0.4  # gamma
+    activity_threshold: float = ACTIVITY_THRESHOLD  # gamma
 
 
 @dataclass

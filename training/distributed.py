@@ -53,7 +53,10 @@ def setup(device: str = "auto", threads: int = 0) -> Dist:
     where = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
     if cuda:
         torch.cuda.set_device(where)
-    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local_world))
+    # 0: OMP_NUM_THREADS when set (torchrun's workers, CI's one-thread pass), else the cores
+    # shared among this machine's ranks.
+    default = int(os.environ.get("OMP_NUM_THREADS") or 0) or (os.cpu_count() or 1) // local_world
+    torch.set_num_threads(threads or max(1, default))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
     return Dist(rank, world, local_world, where)

@@ -23,6 +23,8 @@ from core.labels import write_label_file
 from core.metrics import DEFAULT_TIOUS, classification_accuracy, evaluate_detection
 from core.postprocess import offline_clip_probs, segment
 from training.cache import Cache
+from training.checkpoint import load_checkpoint
+from training.config import Config
 from training.data import ClassificationClips, Normalizer, video_inputs
 from training.samplers import clip_labels, window_clip_starts
 
@@ -211,3 +213,28 @@ def trivial_baseline(
             dtype=np.float64,
         ).reshape(-1, 4)
     return out
+
+
+def other_config_than_trained(cfg: Config, workdir: Path) -> str | None:
+    """Why `gd-train evaluate` with `cfg` must not overwrite the figures of the detector in
+    `workdir`, or None. Evaluation rewrites metrics.json and the checkpoint's metrics, so a
+    target section other than the detector's own (e.g. --preset paper on a quick run: another
+    threshold, other modalities) would silently replace them with figures of another setting."""
+    path = Path(workdir) / "detect" / f"{cfg.target.test_modality}.pt"
+    if not path.is_file():
+        return None  # run_evaluate names the missing checkpoint
+    provenance = load_checkpoint(path).provenance
+    trained, given = provenance.get("config", {}).get("target", {}), cfg.to_dict()["target"]
+    changed = [
+        f"target.{k}: {trained.get(k)!r} -> {given.get(k)!r}"
+        for k in sorted(set(trained) | set(given))
+        if trained.get(k) != given.get(k)
+    ]
+    if not changed:
+        return None
+    command = " ".join(provenance.get("command") or [])
+    return (
+        f"{path} was trained with another target config ({'; '.join(changed)}); evaluating "
+        f"with this one would overwrite {Path(workdir) / 'metrics.json'} with figures of another "
+        f"setting. Give the preset and overrides it was trained with ({command}), or --force"
+    )

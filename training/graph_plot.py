@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -26,9 +25,7 @@ from matplotlib.patches import FancyArrowPatch
 from core.files import atomic_output, atomic_write_text
 from training import data as D
 from training.evaluate import grid_labels
-
-if TYPE_CHECKING:
-    from training.trainer import Stage
+from training.stages import Stage
 
 
 def _edges(stage: Stage, inputs: dict[str, torch.Tensor]) -> np.ndarray:

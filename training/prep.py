@@ -36,8 +36,18 @@ from training.cache import (
 )
 from training.datasets import NTUDataset, PKUMMDDataset
 from training.datasets.media import depth_frame_paths, iter_video_frames
+from training.datasets.recordings import (
+    list_recordings,
+    prepare_recording,
+    recording_classes,
+    recording_modalities,
+)
 
 FLOW_METHODS = ("tvl1", "farneback")
+
+
+class AllFailed(CacheError):
+    """No sample could be prepared: every file is missing or corrupt."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,8 @@ def optical_flow(rgb: np.ndarray, method: str) -> np.ndarray:
 
 def prepare_sample(sample: Any, s: PrepSettings) -> dict[str, np.ndarray]:
     """All requested modalities of one sample at the kept rate, cut to a common length."""
+    if s.dataset == "recordings":  # depth and colour of one RealSense recording
+        return prepare_recording(sample, s, fit_rgb, optical_flow)
     arrays: dict[str, np.ndarray] = {}
     if "depth" in s.modalities:
         arrays["depth"] = prepare_depth(sample.depth_dir, s)
@@ -182,6 +194,8 @@ def _work(job: tuple[Any, str, PrepSettings, str]) -> tuple[str, str | None]:
 
 def list_samples(s: PrepSettings) -> list[tuple[Any, str]]:
     """(sample, subset) for both subsets of the split."""
+    if s.dataset == "recordings":
+        return list_recordings(Path(s.root), s.fps)
     if s.dataset == "ntu":
         make = lambda subset: NTUDataset(s.root, s.version, s.split, subset)  # noqa: E731
     else:
@@ -191,6 +205,8 @@ def list_samples(s: PrepSettings) -> list[tuple[Any, str]]:
 
 def available_modalities(dataset: str, root: Path) -> list[str]:
     """Modalities whose folders exist under `root` (a skeleton-only tree is valid)."""
+    if dataset == "recordings":
+        return recording_modalities(root)
     if dataset == "ntu":
         from synth.formats import NTU_DEPTH_DIR, NTU_RGB_DIR, NTU_SKELETON_DIR
 
@@ -278,7 +294,7 @@ def prepare(s: PrepSettings, out: Path, workers: int = 1, progress: bool = True)
 
     done = [(x.name, subset) for x, subset in samples if writer.is_done(x.name)]
     if not done:
-        raise CacheError(f"every sample failed; first: {next(iter(skipped.items()), None)}")
+        raise AllFailed(f"every sample failed; first: {next(iter(skipped.items()), None)}")
     train = [name for name, subset in done if subset == "train"] or [n for n, _ in done]
     stats = {
         m: feature_stats(
@@ -290,6 +306,8 @@ def prepare(s: PrepSettings, out: Path, workers: int = 1, progress: bool = True)
     }
     meta = {"settings": asdict(s), "clip": s.spec.to_dict(), "stats": stats, "skipped": skipped}
     meta["clip"].update(stats.get("depth", {}))
+    if s.dataset == "recordings":  # class names in id order: new classes have no other home
+        meta["classes"] = recording_classes(Path(s.root))
     writer.pack([name for name, _ in done], meta)
     return {"status": "packed", "samples": len(done), "skipped": skipped}
 
@@ -321,9 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--dataset",
-        choices=("ntu", "pku"),
+        choices=("ntu", "pku", "recordings"),
         required=True,
-        help="layout of --root: ntu = NTU RGB+D 60/120, pku = PKU-MMD phase 1",
+        help="layout of --root: ntu = NTU RGB+D 60/120, pku = PKU-MMD phase 1, recordings = "
+        "RealSense recordings with labels.csv (docs/retraining.md)",
     )
     p.add_argument("--root", type=Path, required=True, help="the dataset's root folder")
     p.add_argument("--out", type=Path, required=True, help="cache folder to create or resume")
@@ -339,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=frame_size,
         default=(112, 112),
         metavar="HxW",
-        help="frame size of image modalities (default 112x112)",
+        help="frame size of image modalities, the model's input size (default 112x112; the "
+        "quick preset and models/default use 64x64)",
     )
     p.add_argument(
         "--fit",
@@ -404,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     if not modalities:
         print(f"gd-prep: error: no modality folders under {args.root}", file=sys.stderr)
         return 2
-    split = args.split or ("xsub" if args.dataset == "ntu" else "cross-subject")
+    split = args.split or {"ntu": "xsub", "pku": "cross-subject"}.get(args.dataset, "seeded")
     settings = PrepSettings(
         dataset=args.dataset,
         root=str(args.root.resolve()),
@@ -422,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         summary = prepare(settings, args.out, workers=max(args.workers, 1))
+    except AllFailed as e:  # the data, not the arguments
+        print(f"gd-prep: error: {e}", file=sys.stderr)
+        return 1
     except (CacheError, ValueError, FileNotFoundError) as e:
         print(f"gd-prep: error: {e}", file=sys.stderr)
         return 2
@@ -430,7 +453,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"cached {summary['samples']} samples ({', '.join(modalities)}) in {args.out}")
     if summary["skipped"]:
-        print(f"skipped {len(summary['skipped'])} sample(s); see meta.json 'skipped'")
+        print(f"skipped {len(summary['skipped'])} sample(s) (also in meta.json 'skipped'):")
+        for name, why in summary["skipped"].items():
+            print(f"  {name}: {why}")
     return 0
 
 

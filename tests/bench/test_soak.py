@@ -12,7 +12,7 @@ from tests.fuzz.harness import ROOT
 
 @pytest.mark.slow
 def test_a_short_soak_runs_and_reports(tmp_path):
-    from tests.server.tiny_bundle import make_bundle
+    from tests.helpers.tiny_bundle import make_bundle
 
     bundle = make_bundle(tmp_path / "tiny")
     plot = tmp_path / "soak.png"

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from clients import api
-from core.clip import ClipSpec, DepthPreprocessor
+from core.clip import ClipSpec
 from core.wire import Ready, WireError
+from tests.helpers.depth_reference import reference_millimetres
 
 SPEC = ClipSpec(source_fps=30, downsample=3, clip_len=4, clip_step=4, window=4, window_step=2,
                 height=8, width=8)  # fmt: skip
@@ -57,15 +58,18 @@ def test_parse_events():
         "type": "action", "state": "start", "label": "a", "class_id": 1, "confidence": 0.7,
         "clip": 2, "start_frame": 24, "start_s": 0.8, "start_timestamp_us": 800_000,
     })  # fmt: skip
-    assert start == api.ActionStart("a", 1, 0.7, 2, 0.8, 800_000)
+    assert start == api.ActionStart("a", 1, 0.7, 2, 24, 0.8, 800_000)
     end = api.parse_event({
         "type": "action", "state": "end", "label": "a", "class_id": 1, "confidence": 0.7,
         "start_frame": 24, "end_frame": 71, "start_s": 0.8, "end_s": 2.4, "first_clip": 2,
         "last_clip": 5, "start_timestamp_us": 1, "end_timestamp_us": 2,
     })  # fmt: skip
-    assert end == api.ActionEnd("a", 1, 0.7, 24, 71, 0.8, 2.4, 1, 2)
-    warning = {"type": "warning", "code": "frames_dropped", "message": "m", "dropped": 2}
-    assert api.parse_event(warning) == api.ServerWarning("frames_dropped", "m")
+    assert end == api.ActionEnd("a", 1, 24, 71, 0.8, 2.4, 0.7, 1, 2, 2, 5)
+    dropped = {"type": "warning", "code": "frames_dropped", "message": "m", "dropped": 2,
+               "total_dropped": 5}  # fmt: skip
+    assert api.parse_event(dropped) == api.FramesDropped("m", dropped=2, total_dropped=5)
+    unknown = {"type": "warning", "code": "something_new", "message": "m", "extra": 1}
+    assert api.parse_event(unknown) == api.ServerWarning("something_new", "m")
     end_message = {"type": "end", "clips": 1, "frames_received": 4, "frames_dropped": 0}
     assert api.parse_event(end_message) == api.End(1, 4, 0)
     assert api.event_message(api.parse_event(end_message)) == end_message
@@ -106,9 +110,9 @@ def test_reducer_sends_the_models_frames_on_its_ticks():
     assert len(sent) >= 13
     assert [t for t, _, _ in sent] == [t0 + 100_000 * k for k in range(len(sent))]
     assert [i for _, i, _ in sent] == [3 * k for k in range(len(sent))]
-    small = DepthPreprocessor(SPEC, 48, 64).to_millimetres
-    for _, i, image in sent:
-        assert image.shape == (8, 8) and np.array_equal(image, small(frames[i]))
+    for _, i, image in sent:  # each 6x8 block's nearest valid depth, worked out per pixel
+        assert image.shape == (8, 8)
+        np.testing.assert_array_equal(image, reference_millimetres(frames[i], SPEC))
 
 
 def test_reducer_keeps_the_aspect_ratio_the_model_was_trained_with():
@@ -117,8 +121,11 @@ def test_reducer_keeps_the_aspect_ratio_the_model_was_trained_with():
     reduce = api._Reducer(ready(spec=spec), 48, 64)
     frame = np.random.default_rng(1).integers(600, 4000, (48, 64)).astype(np.uint16)
     [(_, _, image)] = reduce(0, 1_000_000, frame)
-    np.testing.assert_array_equal(image, DepthPreprocessor(spec, 48, 64).to_millimetres(frame))
-    assert (image[[0, 7]] == 0).all() and (image[1:7] > 0).all()
+    # By hand: the whole 48x64 frame pooled into rows 1..6 (6x8 keeps 4:3), rows 0 and 7 invalid
+    expected = np.zeros((8, 8), np.uint16)
+    expected[1:7] = reference_millimetres(frame, dataclasses.replace(SPEC, height=6, width=8))
+    np.testing.assert_array_equal(image, expected)
+    assert (image[1:7] > 0).all()
 
 
 def test_reducer_sends_full_frames_to_a_server_that_wants_them():

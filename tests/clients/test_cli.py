@@ -15,23 +15,24 @@ from core.wire import Ready
 
 
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "message"),
     [
-        [],
-        ["webcam"],
-        ["file"],
-        ["synth", "--encoding", "jpeg"],
-        ["synth", "--retries", "-1"],
-        ["synth", "--backoff", "0"],
-        ["file", "x.npy", "--speed", "0"],
-        ["realsense", "--hole-filling", "everywhere"],
-        ["realsense", "--fast"],  # a camera runs in real time
+        ([], "the following arguments are required: source"),
+        (["webcam"], "invalid choice: 'webcam'"),
+        (["file"], "the following arguments are required: path"),
+        (["synth", "--encoding", "jpeg"], "argument --encoding: invalid choice: 'jpeg'"),
+        (["synth", "--retries", "-1"], "--retries must be >= 0"),
+        (["synth", "--backoff", "0"], "--backoff must be positive"),
+        (["file", "x.npy", "--speed", "0"], "--speed must be positive"),
+        (["realsense", "--hole-filling", "everywhere"], "invalid choice: 'everywhere'"),
+        (["realsense", "--fast"], "unrecognized arguments: --fast"),  # a camera is real time
     ],
 )
-def test_bad_arguments_exit_2(argv, capsys):
+def test_bad_arguments_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         stream.main(argv)
     assert e.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_unreadable_sources_exit_2(tmp_path, capsys):
@@ -88,9 +89,9 @@ def printer(json_lines=False, verbose=False):
 
 def test_readable_lines():
     p = printer()
-    start = ActionStart("fall", 1, 0.91, 4, 1.2, T0 + 1_200_000)
-    end = ActionEnd("fall", 1, 0.876, 36, 71, 1.2, 2.4, T0 + 1_200_000, T0 + 2_400_000)
-    scores = Scores(5, 0.8, (Score("wave", 2, 0.7),), 2.0, 2.4, T0 + 2_000_000, 0, 59, 0)
+    start = ActionStart("fall", 1, 0.91, 4, 36, 1.2, T0 + 1_200_000)
+    end = ActionEnd("fall", 1, 36, 71, 1.2, 2.4, 0.876, T0 + 1_200_000, T0 + 2_400_000, 4, 5)
+    scores = Scores(5, 60, 71, 2.0, 2.4, T0 + 2_000_000, 0, 0.8, (Score("wave", 2, 0.7),), 59, 0)
     assert p.line(READY) == "ready: model m 2 (fall, wave); sending 48x32 at 10 fps"
     assert p.line(start) == "start fall at 1.2 s (0.91)"
     assert p.line(end) == "end   fall 1.2-2.4 s (0.88)"
@@ -121,9 +122,11 @@ def test_upload_bad_arguments(capsys):
     with pytest.raises(SystemExit) as e:
         upload.main([])
     assert e.value.code == 2
+    assert "the following arguments are required: file" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         upload.main(["x.db3", "--fps", "fast"])
     assert e.value.code == 2
+    assert "argument --fps: invalid float value: 'fast'" in capsys.readouterr().err
 
 
 def test_upload_unreachable_server_exits_1(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 import asyncio
 import itertools
+import sys
 import time
 
 import cv2
@@ -84,7 +85,7 @@ def test_png_folder_errors(tmp_path):
         sources.open_file(tmp_path, fps=30)
     cv2.imwrite(str(tmp_path / "1.png"), depth()[0])
     cv2.imwrite(str(tmp_path / "2.png"), depth()[0].astype(np.uint8))
-    with pytest.raises(SourceError, match="2.png: depth frames must be 16-bit grayscale"):
+    with pytest.raises(SourceError, match="2.png: PNG must be 16-bit grayscale"):
         list(sources.open_file(tmp_path, fps=30).frames)
     cv2.imwrite(str(tmp_path / "2.png"), depth(h=4)[0])
     with pytest.raises(SourceError, match="all frames must have one size"):
@@ -116,6 +117,7 @@ def test_synth_plays_a_scripted_scene():
     assert np.array_equal(np.stack([f for _, f in frames]), video.depth)
 
 
+@pytest.mark.slow
 def test_synth_loop_goes_on_with_new_videos():
     one = len(list(sources.synth(seed=3, actions=1, size=(32, 32)).frames))
     looped = sources.synth(seed=3, actions=1, size=(32, 32), loop=True).frames
@@ -131,32 +133,53 @@ def test_synth_bad_arguments():
         sources.synth(actions=0)
 
 
-def timed(frames):
-    out = []
-    for t, _ in frames:
-        out.append((t, time.monotonic()))
-    return out
+class FakeClock:
+    """Pacing's clock and sleep, moved by the test instead of by real time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds > 0
+        self.now += seconds
 
 
-def test_paced_plays_in_real_time():
-    frames = [(i * 20_000, None) for i in range(10)]  # 50 fps, 0.18 s
-    got = timed(sources.paced(iter(frames)))
-    elapsed = got[-1][1] - got[0][1]
-    assert 0.17 < elapsed < 0.5
-    got = timed(sources.paced(iter(frames), speed=3))
-    assert 0.055 < got[-1][1] - got[0][1] < 0.15
+# Readings and expected values are sums of a few floats under 2 s, where an ulp is at most eps:
+# each side carries at most three roundings of half an ulp, so they differ by under 3 eps.
+CLOCK_TOL = 4 * sys.float_info.epsilon
+
+
+def paced_on(frames, clock, speed=1.0):
+    """(timestamp, the clock's reading when paced yielded the frame) for each frame."""
+    return [(t, clock.now) for t, _ in sources.paced(frames, speed, clock, clock.sleep)]
+
+
+@pytest.mark.parametrize("speed", [1.0, 3.0])
+def test_paced_yields_each_frame_when_its_timestamp_comes_due(speed):
+    frames = [(i * 20_000, None) for i in range(10)]  # 50 fps
+    got = paced_on(iter(frames), FakeClock(), speed)
+    assert [now for _, now in got] == pytest.approx([t / 1e6 / speed for t, _ in frames],
+                                                    abs=CLOCK_TOL)  # fmt: skip
 
 
 def test_paced_restarts_its_clock_after_a_stall_instead_of_bursting():
+    clock = FakeClock()
+    stall = sources.CATCH_UP_S + 0.2
+
     def stalling():
         for i in range(8):
             if i == 3:
-                time.sleep(sources.CATCH_UP_S + 0.2)
+                clock.now += stall  # the reader stalled before frame 3
             yield i * 20_000, None
 
-    got = timed(sources.paced(stalling()))
-    after = got[3:]
-    assert after[-1][1] - after[0][1] > 0.08  # 4 frame periods after the stall, not a burst
+    readings = [now for _, now in paced_on(stalling(), clock)]
+    assert readings[:3] == pytest.approx([0.0, 0.02, 0.04], abs=CLOCK_TOL)
+    # Frame 3 goes at once, and the frames after it keep their periods from there: no burst.
+    restart = 0.04 + stall
+    assert readings[3:] == pytest.approx([restart + k * 0.02 for k in range(5)], abs=CLOCK_TOL)
 
 
 def test_threaded_frames_keep_a_read_that_was_cancelled():

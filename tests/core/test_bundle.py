@@ -36,6 +36,14 @@ def edit_json(root, change):
     (root / "model.json").write_text(json.dumps(meta))
 
 
+def test_score_delay_is_0_unless_given(tmp_path):
+    """0 clips of future context: a bundle built without one, and model.json files written
+    before the field existed."""
+    assert make_bundle(tmp_path).score_delay == 0
+    edit_json(tmp_path, lambda m: m["postprocess"].pop("score_delay"))
+    assert load_bundle(tmp_path).score_delay == 0
+
+
 def test_round_trip(tmp_path):
     written = make_bundle(tmp_path)
     loaded = load_bundle(tmp_path)
@@ -57,6 +65,7 @@ def test_round_trip(tmp_path):
         (lambda m: m["clip"].update(colour=1), "clip: unknown clip spec field"),
         (lambda m: m.update(feature_dim="16"), "'feature_dim' must be int"),
         (lambda m: m.update(feature_dim=True), "'feature_dim' must be int"),
+        (lambda m: m.update(feature_dim=0), "feature_dim must be positive, got 0"),
         (lambda m: m["postprocess"].update(activity_threshold=1.5), "must be in \\[0, 1\\]"),
         (lambda m: m["files"].pop("sequence_encoder"), "files lacks sequence_encoder"),
         (lambda m: m["files"]["visual_encoder"].update(path="../x.onnx"), "stay inside"),

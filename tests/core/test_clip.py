@@ -11,9 +11,11 @@ from core.clip import (
     ClipSpec,
     ClipSpecError,
     DepthPreprocessor,
+    SourceSpan,
     TimestampError,
     TimestampResampler,
     clip_source_span,
+    clips_span,
     fit_regions,
     frame_timestamps_us,
     num_clips,
@@ -23,6 +25,8 @@ from core.clip import (
     video_clips,
     window_starts,
 )
+from core.limits import MAX_SIDE
+from tests.helpers.depth_reference import reference_preprocess
 
 # --- ClipSpec --------------------------------------------------------------------------------
 
@@ -60,6 +64,16 @@ def test_invalid_fields_say_which(field, value, message):
         ClipSpec(**{field: value})
 
 
+def test_the_upper_bounds_are_allowed():
+    """A side of MAX_SIDE pixels and a depth range up to 65534 mm are valid; one more is not."""
+    assert ClipSpec(height=MAX_SIDE, width=MAX_SIDE).height == MAX_SIDE
+    with pytest.raises(ClipSpecError, match=f"height must be in \\[1, {MAX_SIDE}\\]"):
+        ClipSpec(height=MAX_SIDE + 1)
+    assert ClipSpec(depth_max_mm=65534).depth_max_mm == 65534
+    with pytest.raises(ClipSpecError, match="depth_max_mm must be in"):
+        ClipSpec(depth_max_mm=65535)
+
+
 def test_depth_range_must_be_ordered():
     with pytest.raises(ClipSpecError, match=r"depth_min_mm .* must be below"):
         ClipSpec(depth_min_mm=3000, depth_max_mm=3000)
@@ -75,29 +89,6 @@ def test_unknown_and_malformed_json_rejected():
 
 
 # --- preprocessing ---------------------------------------------------------------------------
-
-
-def reference_preprocess(frame: np.ndarray, spec: ClipSpec) -> np.ndarray:
-    """Per-pixel loops: each output pixel is the minimum valid depth of its block (or nearest)."""
-    h, w = frame.shape
-    out = np.zeros((spec.height, spec.width), np.float32)
-
-    def span(i, n_in, n_out):
-        if n_out <= n_in:
-            return range(i * n_in // n_out, (i + 1) * n_in // n_out)
-        return [min(int((i + 0.5) * n_in / n_out), n_in - 1)]
-
-    for y in range(spec.height):
-        for x in range(spec.width):
-            vals = [
-                int(frame[r, c])
-                for r in span(y, h, spec.height)
-                for c in span(x, w, spec.width)
-                if spec.depth_min_mm <= frame[r, c] <= spec.depth_max_mm
-            ]
-            unit = min(vals) / spec.depth_max_mm if vals else 0.0
-            out[y, x] = (unit - spec.mean) / spec.std
-    return out
 
 
 @pytest.mark.parametrize("in_shape", [(48, 64), (37, 50), (12, 9), (16, 16)])
@@ -123,6 +114,15 @@ def test_out_of_range_is_invalid_not_clamped():
     spec = ClipSpec(height=1, width=3, depth_min_mm=500, depth_max_mm=4000)
     row = np.array([[100, 4001, 3000]], np.uint16)
     np.testing.assert_allclose(preprocess_depth(row, spec)[0], [0.0, 0.0, 0.75])
+
+
+def test_depth_exactly_at_the_range_ends_is_valid():
+    spec = ClipSpec(height=1, width=4, depth_min_mm=500, depth_max_mm=4000, mean=0.0, std=1.0)
+    row = np.array([[499, 500, 4000, 4001]], np.uint16)  # just outside, the ends, just outside
+    mm = DepthPreprocessor(spec, 1, 4).to_millimetres(row)
+    np.testing.assert_array_equal(mm, [[0, 500, 4000, 0]])
+    # mean 0, std 1: the normalized value is depth / depth_max_mm, 0 where invalid
+    np.testing.assert_array_equal(preprocess_depth(row, spec), [[0.0, 500 / 4000, 1.0, 0.0]])
 
 
 def test_batched_frames_keep_leading_dims():
@@ -338,6 +338,17 @@ def test_num_clips_and_source_span():
     starts, ends = clip_source_span(overlapping, np.arange(3))
     np.testing.assert_array_equal(starts, [0, 15, 30])
     np.testing.assert_array_equal(ends, [29, 44, 59])
+
+
+def test_clips_span_in_frames_and_seconds():
+    spec = ClipSpec(source_fps=30, downsample=3, clip_len=10, clip_step=10)
+    # clips 1..2 are source frames 30..89; seconds end after the last frame's own 1/30 s
+    assert clips_span(spec, 1, 2) == SourceSpan(30, 89, 1.0, 3.0)
+    # a stream segment that starts 300 frames (10 s) after the stream's first frame
+    assert clips_span(spec, 0, 0, offset_frames=300) == SourceSpan(300, 329, 10.0, 11.0)
+    span = clips_span(ClipSpec(source_fps=15, downsample=1, clip_len=3, clip_step=2), 2, 2)
+    assert (span.start_frame, span.end_frame) == (4, 6) and type(span.start_frame) is int
+    assert (span.start_s, span.end_s) == (4 / 15, 7 / 15)
 
 
 @pytest.mark.parametrize(

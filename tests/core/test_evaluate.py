@@ -9,7 +9,7 @@ import pytest
 from core.evaluate import main
 from core.labels import read_label_dir, write_label_file
 from tests.core import pku_official
-from tests.core.test_metrics import random_test_set
+from tests.helpers.detections import random_test_set
 
 GD_EVAL = Path(sys.executable).parent / "gd-eval"
 

@@ -8,46 +8,7 @@ from core.metrics import (
     tiou,
 )
 from tests.core import pku_official
-
-
-def random_test_set(rng: np.random.Generator, n_videos: int, num_classes: int):
-    """Small videos with same-class neighbours, jittered and duplicated detections, integer
-    frames (so tIoU ties happen), few distinct confidences (so confidence ties happen), empty
-    ground truth files and videos without a detection file."""
-    gt, pred = {}, {}
-    for v in range(n_videos):
-        video = f"{rng.integers(100):02d}_{v}"
-        n = int(rng.integers(0, 7))
-        start = rng.integers(0, 300, n)
-        rows = np.stack(
-            [
-                rng.integers(1, num_classes + 1, n),
-                start,
-                start + rng.integers(1, 60, n),
-                np.ones(n),
-            ],
-            axis=1,
-        )
-        gt[video] = rows.astype(np.float64).reshape(-1, 4)
-        if rng.random() < 0.15:
-            continue
-        props = []
-        for _ in range(rng.integers(0, 12)):
-            if n and rng.random() < 0.7:
-                label, s, e, _ = rows[rng.integers(n)]
-                if rng.random() < 0.2:
-                    label = rng.integers(1, num_classes + 1)
-                s, e = s + rng.integers(-10, 11), e + rng.integers(-10, 11)
-                e = max(e, s + 1)
-            else:
-                label, s = rng.integers(1, num_classes + 1), rng.integers(0, 300)
-                e = s + rng.integers(1, 60)
-            conf = rng.integers(1, 6) / 10 if rng.random() < 0.7 else rng.random()
-            props.append([label, s, e, conf])
-            if rng.random() < 0.1:
-                props.append(list(props[-1]))
-        pred[video] = np.array(props, dtype=np.float64).reshape(-1, 4)
-    return gt, pred
+from tests.helpers.detections import random_test_set
 
 
 def official(gt, pred, num_classes, theta, by_video=False, with_2d=False):
@@ -214,6 +175,12 @@ def test_num_classes_defaults_to_the_largest_ground_truth_label():
     assert m.map_action[0] == pytest.approx(0.25)
 
 
+def test_an_empty_list_of_detections_is_a_video_without_detections():
+    gt = {"v": np.array([[1, 0, 10, 1]], float), "u": np.array([[1, 0, 10, 1]], float)}
+    found = {"u": np.array([[1, 0, 10, 0.9]])}  # one of the two actions: AP 1/2
+    assert evaluate_detection(gt, {**found, "v": []}).map_action.tolist() == [0.5, 0.5, 0.5]
+
+
 def test_bad_inputs_raise_value_errors_that_say_what():
     gt, pred = one_video([[2, 0, 10, 1]], [[3, 0, 10, 0.5]])
     with pytest.raises(ValueError, match=r"detection of video 'v' has label 3, outside 1\.\.2"):
@@ -222,6 +189,10 @@ def test_bad_inputs_raise_value_errors_that_say_what():
         evaluate_detection(gt, {}, num_classes=1)
     with pytest.raises(ValueError, match="without ground truth: w"):
         evaluate_detection(gt, {"w": np.zeros((0, 4))})
+    # the first five unknown videos are named, not more
+    six = {f"w{i}": np.zeros((0, 4)) for i in range(6)}
+    with pytest.raises(ValueError, match=r"ground truth: w0, w1, w2, w3, w4$"):
+        evaluate_detection(gt, six)
     with pytest.raises(ValueError, match=r"tIoU thresholds must be in \(0, 1\]"):
         evaluate_detection(gt, {}, tious=(0.0, 0.5))
     with pytest.raises(ValueError, match="no instances"):

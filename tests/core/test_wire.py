@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.clip import ClipSpec
+from core.depthfiles import png_size
 from core.wire import (
     HEADER,
     MAX_CONTROL_BYTES,
@@ -27,7 +28,6 @@ from core.wire import (
     parse_hello,
     parse_json,
     parse_ready,
-    png_size,
     unpack_header,
 )
 
@@ -298,6 +298,18 @@ def test_hello_token_is_kept_but_never_shown():
 def test_bad_hellos_say_what_is_wrong(change, match):
     with pytest.raises(WireError, match=match):
         parse_hello({**HELLO, **change})
+
+
+def test_bounds_are_inclusive_where_documented():
+    """1-128 characters of camera_id; a header's uint64 timestamp and uint32 index."""
+    assert parse_hello({**HELLO, "camera_id": "c" * 128}).camera_id == "c" * 128
+    with pytest.raises(WireError, match="camera_id must be 1-128"):
+        parse_hello({**HELLO, "camera_id": "c" * 129})
+    image = np.zeros((2, 2), np.uint16)
+    assert unpack_header(pack_frame(2**64 - 1, 2**32 - 1, image))[:2] == (2**64 - 1, 2**32 - 1)
+    for timestamp_us, index in ((2**64, 0), (0, 2**32), (-1, 0)):
+        with pytest.raises(WireError, match="header out of range"):
+            pack_frame(timestamp_us, index, image)
 
 
 def test_hello_missing_field():

@@ -30,13 +30,8 @@ from core.realsense import record_depth
 from server.app import create_app
 from server.cli import uvicorn_config
 from synth.formats import write_depth_pngs
-from tests.server import conftest as server_fixtures
-from tests.server.live import TOKEN, hello, uvicorn_server
-from tests.server.tiny_bundle import TINY_SPEC, scene
-
-# The server tests' fixtures: the tiny model, its settings, live servers on loopback.
-tiny_bundle, test_settings = server_fixtures.tiny_bundle, server_fixtures.test_settings
-server, make_server = server_fixtures.server, server_fixtures.make_server
+from tests.helpers.live import TOKEN, hello, uvicorn_server
+from tests.helpers.tiny_bundle import TINY_SPEC, scene
 
 ROOT = Path(__file__).resolve().parents[2]
 FRAMES = scene(150, actions=((24, 72, 0.15), (96, 132, 0.5)))
@@ -162,6 +157,7 @@ def test_upload_errors(server, recording, tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_wrong_token_exits_3_with_a_clear_message(server, recording):
     r = subprocess.run(
         [sys.executable, "-m", "clients.stream", "file", str(recording), "--fast", "--url",
@@ -257,6 +253,7 @@ class PortServer:
         self.thread.join(10)
 
 
+@pytest.mark.slow
 def test_reconnects_after_a_server_restart_and_resumes_the_file(test_settings, recording):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

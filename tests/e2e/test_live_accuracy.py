@@ -19,7 +19,7 @@ from clients.api import Detection, parse_event
 from core.clip import frame_timestamps_us, resample_indices
 from core.labels import read_label_file, write_label_file
 from synth.formats import PKU_DEPTH_PATTERN, write_depth_pngs, write_pku_split
-from tests.server.tiny_bundle import TINY_SPEC, make_bundle, scene
+from tests.helpers.tiny_bundle import TINY_SPEC, make_bundle, scene
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("live_accuracy", ROOT / "bench/live_accuracy.py")
@@ -48,7 +48,7 @@ def action_events(rows, n_frames: int = 300) -> list[tuple[float, object]]:
         })))  # fmt: skip
         events.append((end / FPS + 1, parse_event({
             **common, "state": "end", "start_frame": start, "end_frame": end,
-            "start_s": start / FPS, "end_s": (end + 1) / FPS,
+            "start_s": start / FPS, "end_s": (end + 1) / FPS, "first_clip": 0, "last_clip": 0,
             "start_timestamp_us": int(ts[start]), "end_timestamp_us": int(ts[end + 1]),
         })))  # fmt: skip
     return events

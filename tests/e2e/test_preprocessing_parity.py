@@ -26,14 +26,12 @@ from server.service import Service
 from synth.cameras import camera_profile
 from synth.formats import write_pku_splits, write_pku_video
 from synth.generate import detection_video
-from tests.server import conftest as server_fixtures
-from tests.server import live
-from tests.server.tiny_bundle import make_bundle
+from tests.helpers import live
+from tests.helpers.tiny_bundle import make_bundle
 from training.cache import Cache
 from training.data import Normalizer, clip_spec, video_inputs
 from training.prep import PrepSettings, prepare
 
-tiny_bundle, test_settings = server_fixtures.tiny_bundle, server_fixtures.test_settings
 MODEL_SIZE = (24, 24)
 GEOMETRY = dict(clip_len=4, clip_step=4, window=4, window_step=2)  # the tiny model's
 VIDEOS = ("0001-M", "0002-M")  # the same recording as a training and a test video
@@ -72,6 +70,7 @@ class ClipRecorder:
         return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fit", FITS)
 def test_one_recording_reaches_the_encoder_identically_in_training_and_serving(
     recording, fit, tmp_path, test_settings, monkeypatch

@@ -10,7 +10,7 @@ import pytest
 from core.bundle import BundleError, load_bundle, write_bundle_json
 from core.labels import write_label_file
 from export.card import PLOT, main
-from tests.server.tiny_bundle import make_bundle
+from tests.helpers.tiny_bundle import make_bundle
 
 TIOUS = ("0.1", "0.3", "0.5")
 # Two actions per video, one of each class (frames at 30 fps).

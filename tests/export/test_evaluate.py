@@ -1,5 +1,3 @@
-import time
-
 import numpy as np
 import pytest
 
@@ -85,7 +83,9 @@ def test_sampled_clips_are_real_clips(scripted):
 
 
 def test_cache_mismatches_are_named(scripted):
-    with pytest.raises(ExportError, match="depth frames are 32x32, the model takes 64x64"):
+    with pytest.raises(
+        ExportError, match="depth frames are 32x32, the model takes 64x64.*--size 64x64"
+    ):
         CacheClips(scripted, ClipSpec(height=64, width=64))
     with pytest.raises(ExportError, match="cache made with downsample 3, the model uses 2"):
         CacheClips(scripted, ClipSpec(height=32, width=32, downsample=2))
@@ -95,18 +95,21 @@ def test_cache_mismatches_are_named(scripted):
 
 def test_timing_takes_turns_per_clip():
     calls = []
+    clock = [0.0]  # seconds, moved only by the encoders' calls
 
     def run(name, pause):
         def call(x):
             calls.append((name, len(x)))
-            time.sleep(pause)
+            clock[0] += pause
 
         return call
 
-    per_clip = seconds_per_clip(
-        {"slow": run("slow", 0.004), "fast": run("fast", 0.0)}, np.zeros((8, 1)), 4, 0.0
-    )
-    assert per_clip["slow"] >= 0.001 > per_clip["fast"]  # 4 ms per batch of 4
+    runs = {"slow": run("slow", 0.004), "fast": run("fast", 0.0)}
+    per_clip = seconds_per_clip(runs, np.zeros((8, 1)), 4, 0.0, clock=lambda: clock[0])
+    # 4 ms per batch of 4. The clock stays under 0.03 s (7 slow calls with the warm-up), and a
+    # timing is one addition and one subtraction there, each off by half an ulp: under 0.03 eps.
+    tol = 4 * np.finfo(float).eps * 0.03
+    assert per_clip == pytest.approx({"slow": 0.001, "fast": 0.0}, abs=tol)
     assert calls[4::2] == [("slow", 4)] * 5 and calls[5::2] == [("fast", 4)] * 5  # in turns
     with pytest.raises(ValueError, match="need at least 8 clips"):
         seconds_per_clip({"x": lambda x: x}, np.zeros((3, 1)), 8)

@@ -31,16 +31,13 @@ from export.onnx import (
     verify_bundle,
     write_bundle,
 )
-from tests.export import ARCH, CLASSES, SPEC, exported, make_checkpoint
-from tests.server.tiny_bundle import make_bundle
+from tests.export import ARCH, CLASSES, SPEC, make_checkpoint
+from tests.helpers.numerics import reorder_tol
+from tests.helpers.tiny_bundle import make_bundle
 from training.checkpoint import load_checkpoint
 
 
-@pytest.fixture(scope="module")
-def made(tmp_path_factory):
-    return exported(tmp_path_factory.getbasetemp() / "shared-export")
-
-
+@pytest.mark.slow
 def test_cli_writes_a_complete_bundle(made):
     ckpt_path, _, root = made
     bundle = verify_bundle(root)  # schema, hashes, onnx.checker, shapes
@@ -63,6 +60,7 @@ def test_cli_writes_a_complete_bundle(made):
     assert bundle.clip == SPEC and bundle.classes == tuple(CLASSES)
 
 
+@pytest.mark.slow
 def test_onnx_shapes_are_dynamic_where_the_server_needs_it(made):
     root = made[2]
     bundle = load_bundle(root)
@@ -73,6 +71,8 @@ def test_onnx_shapes_are_dynamic_where_the_server_needs_it(made):
         check_encoder_shapes(bundle, key, i, o)
 
 
+@pytest.mark.numerics
+@pytest.mark.slow
 @pytest.mark.parametrize(("batch", "time"), [(1, 1), (3, 4), (2, 7)])
 def test_onnx_equals_torch_for_any_batch_and_window_length(made, batch, time):
     ckpt_path, _, root = made
@@ -85,9 +85,14 @@ def test_onnx_equals_torch_for_any_batch_and_window_length(made, batch, time):
     features = ort_runner(root / "visual_encoder.onnx")(clips)
     got = ort_runner(root / "sequence_encoder.onnx")(features.reshape(batch, time, -1))
     assert got.shape == (batch, time, 3)
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    # Probabilities (<= 1) through another summation order: the visual encoder's 17
+    # convolutions and pooling, the largest summing 8 x width x 3 x 3 = 288 terms (layer4),
+    # then the GRU's steps and the linear layer.
+    tol = reorder_tol(8 * ARCH.width * 3 * 3, layers=18 + time + 1)
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol)
 
 
+@pytest.mark.slow
 def test_parity_check_fails_loudly(made):
     ckpt_path, cache, root = made
     net = load_checkpoint(ckpt_path).network()
@@ -99,6 +104,7 @@ def test_parity_check_fails_loudly(made):
         check_parity(net, load_bundle(root), clips, "test")
 
 
+@pytest.mark.slow
 def test_tampered_or_inconsistent_bundles_are_named(made, tmp_path, capsys):
     copy = shutil.copytree(made[2], tmp_path / "b")
     data = bytearray((copy / "sequence_encoder.onnx").read_bytes())
@@ -117,6 +123,7 @@ def test_tampered_or_inconsistent_bundles_are_named(made, tmp_path, capsys):
         verify_bundle(copy)
 
 
+@pytest.mark.slow
 def test_export_without_a_cache_needs_parity_random(tmp_path, capsys):
     ckpt = make_checkpoint(tmp_path / "m.pt")
     assert main(["onnx", "--checkpoint", str(ckpt), "--out", str(tmp_path / "b")]) == 1
@@ -138,6 +145,7 @@ def test_only_depth_detection_checkpoints_export(tmp_path):
         check_checkpoint(ckpt, "c.pt")
 
 
+@pytest.mark.slow
 def test_visual_encoder_file_has_no_training_leftovers(made):
     # BatchNorm folded and no dropout: what runs is the eval-mode network.
     ops = {n.op_type for n in onnx.load(made[2] / "visual_encoder.onnx").graph.node}
@@ -178,6 +186,7 @@ def test_portable_paths(text, want):
     assert absolute_paths({"k": [want]}) == []
 
 
+@pytest.mark.slow
 def test_an_export_records_no_folder_of_this_machine(tmp_path, monkeypatch, caplog):
     work = tmp_path.resolve()
     monkeypatch.chdir(work)
@@ -221,14 +230,18 @@ def test_verify_refuses_a_bundle_naming_the_build_machine(tmp_path, capsys):
     assert load_bundle(bundle.root).training["dataset"]["root"] == ".../pku"
 
 
+@pytest.mark.slow
 def test_the_score_delay_is_recorded_and_checked_against_the_window(tmp_path):
     path = make_checkpoint(tmp_path / "c.pt")
     ckpt = load_checkpoint(path)
     window = ckpt.clip.window
     (tmp_path / "b").mkdir()
-    (tmp_path / "bad").mkdir()
     bundle = write_bundle(ckpt, path, tmp_path / "b", "b", "1", score_delay=window - 1)
     assert load_bundle(bundle.root).score_delay == window - 1
-    write_bundle(ckpt, path, tmp_path / "bad", "b", "1", score_delay=window)
+    # One clip more than the window holds: the same bundle's model.json edited, not a second
+    # export (the check is the loader's).
+    meta = json.loads((bundle.root / "model.json").read_text())
+    meta["postprocess"]["score_delay"] = window
+    (bundle.root / "model.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="score_delay must be in"):
-        load_bundle(tmp_path / "bad")
+        load_bundle(bundle.root)

@@ -20,17 +20,12 @@ from export.tensorrt import (
     precision_of_build,
     profile_shapes,
 )
-from tests.export import exported
 
 HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 NO_TENSORRT = "needs TensorRT and a CUDA GPU (this machine has no GPU)"
 
 
-@pytest.fixture(scope="module")
-def made(tmp_path_factory):
-    return exported(tmp_path_factory.getbasetemp() / "shared-export")
-
-
+@pytest.mark.slow
 def test_profiles_cover_every_batch_and_window_length(made):
     bundle = load_bundle(made[2])  # T_c 4, 32x32, D 32, T_w 4
     assert profile_shapes(bundle, "visual_encoder", 32) == (
@@ -41,6 +36,7 @@ def test_profiles_cover_every_batch_and_window_length(made):
         profile_shapes(bundle, "visual_encoder", 0)
 
 
+@pytest.mark.slow
 def test_engine_folders_are_named_by_gpu_and_version(made):
     bundle = load_bundle(made[2])
     folder = engine_folder(bundle, "NVIDIA H200", "10.13.3.9")
@@ -72,6 +68,7 @@ def test_int8_plans_need_symmetric_int8_qdq(tmp_path):
     assert int8_problem(onnx.load(tmp_path / "trt.onnx")) is None
 
 
+@pytest.mark.slow
 def test_bad_flag_combinations_are_refused(made):
     fp32 = load_bundle(made[2])
     assert precision_of_build(fp32, fp16=False, int8=False) == "fp32"
@@ -85,6 +82,7 @@ def test_bad_flag_combinations_are_refused(made):
         precision_of_build(int8, fp16=False, int8=False)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(HAVE_TENSORRT, reason="TensorRT and CUDA are available here")
 def test_without_tensorrt_the_command_stops_clearly(made, capsys):
     with pytest.raises(TensorRTUnavailable):
@@ -95,6 +93,7 @@ def test_without_tensorrt_the_command_stops_clearly(made, capsys):
     assert not (made[2] / "engines").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAVE_TENSORRT, reason=NO_TENSORRT)
 @pytest.mark.parametrize("flags", [[], ["--fp16"]])

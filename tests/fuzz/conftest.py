@@ -5,7 +5,7 @@ import pytest
 
 from tests.fuzz import harness
 from tests.fuzz.corpus import record_seed
-from tests.server.tiny_bundle import make_bundle
+from tests.helpers.tiny_bundle import make_bundle
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from core.clip import frame_timestamps_us
-from tests.server.tiny_bundle import scene
+from tests.helpers.tiny_bundle import scene
 
 CORPUS = Path(__file__).parent / "corpus"
 SEED_FRAMES = 16  # at 30 fps: 6 frames at the tiny model's 10 fps, one clip

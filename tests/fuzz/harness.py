@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 from server.settings import MiB, Settings
-from tests.server.live import TOKEN, hello, run_stream
+from tests.helpers.live import TOKEN, hello, run_stream
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = ROOT / "runs" / "fuzz"

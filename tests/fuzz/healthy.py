@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from core.wire import pack_header
-from tests.server.live import hello
-from tests.server.tiny_bundle import TINY_SPEC, scene
+from tests.helpers.live import hello
+from tests.helpers.tiny_bundle import TINY_SPEC, scene
 
 SIZE, FPS = 32, 10.0  # the tiny model's own size and rate, in real time
 PERIOD_S = TINY_SPEC.clip_step / FPS  # between two `scores` events: 0.4 s

@@ -15,7 +15,9 @@ import pytest
 from core.wire import HEADER
 from tests.fuzz import corpus, harness
 from tests.fuzz.harness import AUTH, check_http, check_stream, proc_status, upload
-from tests.server.live import TOKEN, hello
+from tests.helpers.live import TOKEN, hello
+
+pytestmark = pytest.mark.slow  # every test talks to the run's gd-serve subprocess
 
 
 def test_every_corpus_file_has_a_case():

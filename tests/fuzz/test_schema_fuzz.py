@@ -18,6 +18,8 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from tests.fuzz import harness
 from tests.fuzz.harness import AUTH, fuzz_settings
 
+pytestmark = pytest.mark.slow  # every test talks to the run's gd-serve subprocess
+
 
 @pytest.fixture(scope="session")
 def operations(fuzz_server):

@@ -5,13 +5,16 @@ follows the protocol closes at once; oracles: tests/fuzz/harness.py."""
 
 import json
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from core.wire import HEADER, encode_image
 from tests.fuzz.harness import check_stream, fuzz_settings
-from tests.server.live import hello
-from tests.server.tiny_bundle import scene
+from tests.helpers.live import hello
+from tests.helpers.tiny_bundle import scene
+
+pytestmark = pytest.mark.slow  # every test talks to the run's gd-serve subprocess
 
 SIZE = 32  # the tiny model's own size: every frame is cheap
 FRAMES = scene(12, SIZE, SIZE, actions=((2, 10, 0.3),))

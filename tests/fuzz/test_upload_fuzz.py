@@ -5,12 +5,15 @@ bytes), against a real `gd-serve`. Oracles: tests/fuzz/harness.py."""
 import zipfile
 
 import numpy as np
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tests.fuzz import corpus, harness
 from tests.fuzz.corpus import Chunk
 from tests.fuzz.harness import AUTH, fuzz_settings, upload
+
+pytestmark = pytest.mark.slow  # every test talks to the run's gd-serve subprocess
 
 FRAMES = corpus.seed_frames()
 PAYLOAD = FRAMES.tobytes()

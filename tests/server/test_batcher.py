@@ -37,18 +37,27 @@ def test_items_from_many_callers_share_a_run_and_get_their_own_rows():
     assert sizes == [8, 8, 4]
 
 
-def test_a_lone_item_waits_at_most_max_wait():
-    async def main():
-        batcher, sizes = make(lambda x: x, max_wait_s=0.05)
-        batcher.start()
-        start = time.perf_counter()
-        await batcher.submit(np.zeros(2))
-        elapsed = time.perf_counter() - start
-        await batcher.stop()
-        return elapsed, sizes
+def test_a_lone_item_waits_max_wait_by_the_batchers_clock():
+    readings = []  # the batcher's clock, read off instead of timing it with a stopwatch
 
-    elapsed, sizes = run(main())
-    assert 0.04 <= elapsed < 0.5 and sizes == [1]
+    def clock():
+        readings.append(time.monotonic())
+        return readings[-1]
+
+    async def main():
+        sizes = []
+        batcher = MicroBatcher(lambda x: x, ThreadPoolExecutor(1), 8, 0.05,
+                               on_batch=lambda n, s: sizes.append(n), clock=clock)  # fmt: skip
+        batcher.start()
+        await batcher.submit(np.zeros(2))
+        await batcher.stop()
+        return sizes
+
+    assert run(main()) == [1]
+    queued, *waits = readings  # submit's reading, then one per look at the deadline
+    deadline = queued + 0.05
+    # It ran at the first reading past the deadline: not before it, and no later look.
+    assert waits[-1] >= deadline and all(t < deadline for t in waits[:-1])
 
 
 def test_items_of_different_shapes_run_separately():
@@ -110,26 +119,27 @@ def test_cancelled_items_are_not_computed():
 
 
 def test_the_event_loop_runs_while_the_model_does():
-    release = threading.Event()
+    started, release = threading.Event(), threading.Event()
+    released = []
 
     def slow(x):
-        release.wait(5)
+        started.set()
+        # Only the event loop sets `release`: the wait ends True only if the loop ran while
+        # the model did; a batcher that called the model on the loop would time out here.
+        released.append(release.wait(5))
         return x
 
     async def main():
         batcher, _ = make(slow, max_wait_s=0.001)
         batcher.start()
         pending = batcher.submit(np.zeros(1))
-        ticks = 0
-        for _ in range(20):  # the loop keeps ticking while the model "runs"
-            await asyncio.sleep(0.005)
-            ticks += 1
+        assert await asyncio.to_thread(started.wait, 5)  # the model is running
         release.set()
         await pending
         await batcher.stop()
-        return ticks
 
-    assert run(main()) == 20
+    run(main())
+    assert released == [True]
 
 
 def test_submit_before_start_is_an_error():

@@ -8,6 +8,7 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from server.cli import WS_MARGIN, main, uvicorn_config
 from server.settings import Settings
@@ -39,7 +40,9 @@ def test_tensorrt_without_it_is_a_clear_error(tiny_bundle, capsys):
     assert "--device tensorrt needs" in capsys.readouterr().err
 
 
-def test_serves_from_the_command_line(tiny_bundle, tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])  # SIGINT: Ctrl-C on make run
+def test_serves_from_the_command_line(tiny_bundle, tmp_path, stop):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -67,10 +70,12 @@ def test_serves_from_the_command_line(tiny_bundle, tmp_path):
         r = httpx.get(f"http://127.0.0.1:{port}/v1/model?token=cli-token", headers=auth)
         assert r.status_code == 400 and r.json()["error"]["code"] == "token_in_url"
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop)
         out = proc.communicate(timeout=20)[0]
-    # uvicorn shuts down gracefully, then re-raises the signal it caught
-    assert proc.returncode in (0, -signal.SIGTERM), out
+    # uvicorn shuts down gracefully, then re-raises the signal it caught: SIGTERM ends the
+    # process, SIGINT becomes a KeyboardInterrupt that gd-serve turns into a quiet exit 130
+    assert proc.returncode == {signal.SIGTERM: -signal.SIGTERM, signal.SIGINT: 130}[stop], out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
     assert "Finished server process" in out
     assert "cli-token" not in out
     assert '"GET /v1/model?token=*** HTTP/1.1" 400' in out

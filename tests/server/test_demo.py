@@ -4,12 +4,14 @@ import logging
 import time
 
 import numpy as np
+import pytest
 
 from server import demo
-from tests.server.live import TOKEN
-from tests.server.tiny_bundle import scene
+from tests.helpers.live import TOKEN
+from tests.helpers.tiny_bundle import scene
 
 
+@pytest.mark.slow
 def test_demo_scene_streams_through_the_real_path_and_logs_actions(server, caplog):
     frames = scene(90, actions=((12, 78, 0.5),))  # 3 s with one large near object
     with caplog.at_level(logging.INFO, logger="gd.demo"):
@@ -20,7 +22,7 @@ def test_demo_scene_streams_through_the_real_path_and_logs_actions(server, caplo
 
 
 def test_rendered_scene_is_depth():
-    frames = demo.render_scene(seed=3, n_actions=1)
+    frames = demo.render_scene(seed=3, n_actions=1).depth
     assert frames.dtype == np.uint16 and frames.ndim == 3 and len(frames) > 60
 
 

@@ -29,9 +29,18 @@ from server.recording_worker import (
     remove_stale_spool_files,
 )
 from server.uploads import Limits, UploadError, decode
-from tests.server.live import TOKEN, collect, frame_messages, hello, npy_bytes, upload
-from tests.server.test_uploads import npz_of, png, zip_of
-from tests.server.tiny_bundle import TINY_SPEC, scene
+from tests.helpers.live import (
+    TOKEN,
+    collect,
+    frame_messages,
+    hello,
+    npy_bytes,
+    npz_of,
+    png,
+    upload,
+    zip_of,
+)
+from tests.helpers.tiny_bundle import TINY_SPEC, scene
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FRAMES = scene(150)
@@ -224,7 +233,7 @@ def test_any_decoder_fault_is_a_4xx(fault, status, words, limits, monkeypatch):
     def broken(png):
         raise fault
 
-    monkeypatch.setattr(server.uploads, "png_size", broken)  # a fault no check foresaw
+    monkeypatch.setattr(server.uploads, "png_depth_size", broken)  # a fault no check foresaw
     e = refused(zip_of({"0.png": png(FRAMES[0])}), limits)
     assert e.status == status and words in e.message
 
@@ -309,7 +318,7 @@ def test_stale_spool_files_are_removed(tmp_path):
 
 @pytest.fixture(scope="module")
 def hostile_server(test_settings, tmp_path_factory):
-    from tests.server.live import LiveServer
+    from tests.helpers.live import LiveServer
 
     spool = tmp_path_factory.mktemp("hostile-spool")
     (spool / f"{SPOOL_PREFIX}{2**31 - 7}-left.db3").write_bytes(b"x")  # a killed server's

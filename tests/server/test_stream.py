@@ -13,7 +13,7 @@ from websockets.exceptions import ConnectionClosed
 
 from core.clip import frame_timestamps_us
 from core.wire import pack_frame, pack_header
-from tests.server.live import (
+from tests.helpers.live import (
     TOKEN,
     collect,
     frame_messages,
@@ -22,15 +22,15 @@ from tests.server.live import (
     run_stream,
     upload,
 )
-from tests.server.tiny_bundle import CLASSES, TINY_SPEC, make_bundle, reference_probs, scene
-
-# 150 frames at 30 fps = 50 kept frames = 12 clips of 4 (0.4 s each, 12 source frames)
-ACTIONS = ((24, 72, 0.15), (96, 132, 0.5))  # clips 2-5 "small", clips 8-10 "large"
-FRAMES = scene(150, actions=ACTIONS)
-
-
-def stream(url, frames=FRAMES, **kw):
-    return asyncio.run(run_stream(url, frames, **kw))
+from tests.helpers.streams import FRAMES, stream
+from tests.helpers.tiny_bundle import (
+    CLASSES,
+    PROB_TOL,
+    TINY_SPEC,
+    make_bundle,
+    reference_probs,
+    scene,
+)
 
 
 def test_happy_path_events(server):
@@ -57,6 +57,7 @@ def test_happy_path_events(server):
     assert kinds.index(("scores", 6)) < kinds.index(("action", 5))
 
 
+@pytest.mark.numerics
 def test_scores_event_content(server):
     scores = stream(server.ws_url).of("scores")
     s = scores[3]  # a "small" clip: its 4 kept frames are source frames 36, 39, 42, 45
@@ -67,7 +68,7 @@ def test_scores_event_content(server):
     labels = [t["label"] for t in s["top"]]
     assert labels == ["small", "large"]  # L = 2 < top_k = 5: all actions, best first
     p = [t["score"] for t in s["top"]]
-    assert p[0] > p[1] and 1 - s["activity"] + sum(p) == pytest.approx(1, abs=1e-5)
+    assert p[0] > p[1] and 1 - s["activity"] + sum(p) == pytest.approx(1, abs=PROB_TOL)
 
 
 @pytest.mark.parametrize("encoding", ["zstd", "png"])
@@ -130,6 +131,7 @@ def test_irregular_timestamps_are_resampled(server):
     assert [(e["first_clip"], e["last_clip"]) for e in r.ends] == [(2, 5)]
 
 
+@pytest.mark.numerics
 def test_window_rule_uses_the_last_t_w_clips(make_server, test_settings, tmp_path):
     """With a sequence encoder that averages its window, clip c's scores must be those of
     the mean feature over clips max(0, c - T_w + 1) .. c (computed here in numpy)."""
@@ -149,9 +151,9 @@ def test_window_rule_uses_the_last_t_w_clips(make_server, test_settings, tmp_pat
         c = s["clip"]
         want = reference_probs(n_clip[max(0, c - t_w + 1) : c + 1].mean())
         got = {t["class_id"]: t["score"] for t in s["top"]}
-        assert s["activity"] == pytest.approx(1 - want[0], abs=1e-5)
-        assert got[1] == pytest.approx(want[1], abs=1e-5)
-        assert got[2] == pytest.approx(want[2], abs=1e-5)
+        assert s["activity"] == pytest.approx(1 - want[0], abs=PROB_TOL)
+        assert got[1] == pytest.approx(want[1], abs=PROB_TOL)
+        assert got[2] == pytest.approx(want[2], abs=PROB_TOL)
     assert len(r.of("scores")) == n_clips
 
 
@@ -351,6 +353,7 @@ def test_vanishing_client_is_cleaned_up(server):
     assert stream(server.ws_url).close_code == 1000  # and the server serves on
 
 
+@pytest.mark.slow
 def test_client_that_stops_reading_is_dropped(make_server, test_settings, tmp_path):
     """A client that sends but never reads: once its buffers are full the server's sends block;
     it gives up after send_timeout_s (close 4408) and other streams are unaffected."""

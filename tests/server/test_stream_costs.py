@@ -9,9 +9,9 @@ import pytest
 
 from core.clip import DepthPreprocessor, frame_timestamps_us
 from server.stream import pace_delay
-from tests.server.live import frame_messages, hello, run_stream
-from tests.server.test_stream import FRAMES, stream
-from tests.server.tiny_bundle import TINY_SPEC
+from tests.helpers.live import frame_messages, hello, run_stream
+from tests.helpers.streams import FRAMES, stream
+from tests.helpers.tiny_bundle import TINY_SPEC
 
 REDUCED = DepthPreprocessor(TINY_SPEC, 48, 64).to_millimetres(FRAMES)  # at the model's size
 REDUCED_MESSAGES = frame_messages(REDUCED, frame_timestamps_us(len(REDUCED), 30) + 1_000_000)

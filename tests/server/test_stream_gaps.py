@@ -9,31 +9,24 @@ import numpy as np
 import pytest
 
 from core.clip import frame_timestamps_us
-from core.wire import pack_frame
 from server.settings import Settings, SettingsError, from_env
-from tests.server.live import hello, run_stream
-from tests.server.test_stream import FRAMES
-from tests.server.tiny_bundle import TINY_SPEC
+from tests.helpers.live import T0_US, frame_messages, hello, run_stream
+from tests.helpers.streams import FRAMES, TS
+from tests.helpers.tiny_bundle import TINY_SPEC
 
-T0 = 1_000_000
-TS = frame_timestamps_us(len(FRAMES), 30) + T0  # what run_stream sends for FRAMES
-
-
-def messages(frames, timestamps):
-    pairs = zip(timestamps, frames, strict=True)
-    return [pack_frame(int(t), i, f) for i, (t, f) in enumerate(pairs)]
+T0 = T0_US
 
 
 def gapped(url, split, jump_us):
     """FRAMES with every timestamp from frame `split` on moved `jump_us` later."""
     ts = TS.copy()
     ts[split:] += jump_us
-    return asyncio.run(run_stream(url, messages=messages(FRAMES, ts)))
+    return asyncio.run(run_stream(url, messages=frame_messages(FRAMES, ts)))
 
 
 def test_two_frames_3000_s_apart_make_no_clip(server):
     r = asyncio.run(
-        run_stream(server.ws_url, messages=messages(FRAMES[:2], [T0, T0 + 3_000_000_000]))
+        run_stream(server.ws_url, messages=frame_messages(FRAMES[:2], [T0, T0 + 3_000_000_000]))
     )
     assert r.close_code == 1000
     (warning,) = r.of("warning")
@@ -46,7 +39,7 @@ def test_two_frames_3000_s_apart_make_no_clip(server):
 def test_clips_are_bounded_by_the_frames_received(server):
     """40 frames, each 1,000 s after the last: 40 segments of one kept frame, no clip."""
     ts = T0 + 1_000_000_000 * np.arange(40)
-    r = asyncio.run(run_stream(server.ws_url, messages=messages(FRAMES[:40], ts)))
+    r = asyncio.run(run_stream(server.ws_url, messages=frame_messages(FRAMES[:40], ts)))
     assert r.close_code == 1000
     assert [w["code"] for w in r.of("warning")] == ["timestamp_gap"] * 39
     assert r.events[-1] == {"type": "end", "clips": 0, "frames_received": 40, "frames_dropped": 0}
@@ -119,7 +112,9 @@ def test_frames_at_the_model_rate_are_never_a_gap(make_server, test_settings):
     live = make_server(dataclasses.replace(test_settings, max_gap_s=0.01))
     kept = FRAMES[::3]  # 10 fps, 0.1 s apart
     ts = frame_timestamps_us(len(kept), TINY_SPEC.kept_fps) + T0
-    r = asyncio.run(run_stream(live.ws_url, messages=messages(kept, ts), hello_message=hello()))
+    r = asyncio.run(
+        run_stream(live.ws_url, messages=frame_messages(kept, ts), hello_message=hello())
+    )
     assert r.close_code == 1000 and not r.of("warning")
     assert r.events[-1]["clips"] == 12
 
@@ -144,6 +139,6 @@ def test_a_stream_ending_with_gaps_queued_closes_cleanly(make_server, test_setti
     live.service.visual.fn = slow
     ts = np.concatenate([TS[:12] + k * 10_000_000 for k in range(5)])  # 5 segments of a clip
     frames = np.concatenate([FRAMES[:12]] * 5)
-    r = asyncio.run(run_stream(live.ws_url, messages=messages(frames, ts), end=False))
+    r = asyncio.run(run_stream(live.ws_url, messages=frame_messages(frames, ts), end=False))
     assert r.close_code == 4408 and r.of("error")[0]["code"] == "idle"
     live.service.visual.fn = real

@@ -13,8 +13,8 @@ from websockets.asyncio.client import connect
 from core.wire import MAX_CONTROL_BYTES, MAX_JSON_DEPTH, pack_header
 from server.cli import WS_MARGIN
 from server.querytokens import redact, sensitive_keys
-from tests.server.live import TOKEN, hello, run_stream
-from tests.server.test_stream import FRAMES
+from tests.helpers.live import TOKEN, hello, run_stream
+from tests.helpers.streams import FRAMES
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

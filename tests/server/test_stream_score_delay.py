@@ -15,10 +15,9 @@ from onnx import TensorProto, helper
 
 from core.bundle import FileRef, sha256_file, write_bundle_json
 from core.clip import DepthPreprocessor, frame_timestamps_us, resample_indices, video_clips
-from tests.server.live import TOKEN, hello, run_stream
-from tests.server.test_stream import FRAMES, stream
-from tests.server.test_stream_gaps import TS, messages
-from tests.server.tiny_bundle import (
+from tests.helpers.live import TOKEN, frame_messages, hello, run_stream
+from tests.helpers.streams import FRAMES, TS, stream
+from tests.helpers.tiny_bundle import (
     CLASSES,
     FEATURES,
     TINY_SPEC,
@@ -123,7 +122,7 @@ def test_a_delay_flushes_before_a_gap_and_at_the_end(server, delay):
     the undelayed stream, the waiting clips flushed before the gap's warning and at the end."""
     ts = TS.copy()
     ts[60:] += 100_000_000
-    sent = messages(FRAMES, ts)
+    sent = frame_messages(FRAMES, ts)
     r = asyncio.run(
         run_stream(server.ws_url, messages=sent, hello_message=hello(score_delay=delay))
     )

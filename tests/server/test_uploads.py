@@ -1,7 +1,6 @@
 """Decoding uploads (server.uploads) without a server: formats, limits, bombs."""
 
 import io
-import zipfile
 
 import cv2
 import numpy as np
@@ -11,7 +10,7 @@ from core.clip import frame_timestamps_us
 from core.realsense import record_depth
 from server.recording_worker import RecordingDecoder
 from server.uploads import Limits, UploadError, decode, sniff
-from tests.server.live import npy_bytes
+from tests.helpers.live import npy_bytes, npz_of, png, zip_of
 
 
 def recordings(spool_dir):
@@ -26,24 +25,6 @@ def limits(tmp_path):
 @pytest.fixture
 def frames():
     return np.random.default_rng(0).integers(0, 5000, (20, 48, 64)).astype(np.uint16)
-
-
-def png(image):
-    return cv2.imencode(".png", image)[1].tobytes()
-
-
-def zip_of(members, compression=zipfile.ZIP_DEFLATED):
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression) as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    return buf.getvalue()
-
-
-def npz_of(**arrays):
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
 
 
 def error(data, fps, limits):
@@ -102,6 +83,8 @@ def test_npz_errors(frames, limits):
     assert e.status == 422 and "'depth'" in e.message
     e = error(npz_of(depth=frames, timestamps_us=np.arange(5)), None, limits)
     assert e.status == 422 and "timestamps_us must be 20 integers" in e.message
+    e = error(npz_of(depth=frames, timestamps_us=np.zeros(20, np.int64)), None, limits)
+    assert e.status == 422 and "timestamps_us must increase" in e.message  # as a client says
 
 
 def test_zip_of_pngs_in_natural_order(frames, limits):
@@ -120,7 +103,7 @@ def test_zip_errors(frames, limits):
     assert e.status == 422 and "one size" in e.message
     good = png(frames[0])
     e = error(zip_of({"a.png": good, "b.png": good[: len(good) // 2]}), 30, limits)
-    assert e.status == 422 and "b.png: corrupt or truncated PNG" in e.message
+    assert e.status == 422 and "b.png: PNG is corrupt or truncated" in e.message
     e = error(zip_of({"a.png": b"not a png at all, really"}), 30, limits)
     assert e.status == 422 and "not a PNG" in e.message
     e = error(zip_of({"a.png": good})[:-30], 30, limits)

@@ -25,6 +25,7 @@ def test_classification_tree_reads_back_with_both_subsets(tmp_path, capsys):
     assert record["layout"] == "ntu"
 
 
+@pytest.mark.slow
 def test_detection_tree_has_splits_labels_and_is_deterministic(tmp_path):
     args = ["detection", "--videos", "6", "--seed", "1", "--actions", "2", "3",
             "--modalities", "depth", *TINY]  # fmt: skip

@@ -3,8 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.test_data import make_classification_cache, make_detection_cache
-from tests.training.test_trainer import TINY
+from tests.helpers.caches import TINY, make_classification_cache, make_detection_cache
 from training import ablations
 from training.ablations import TABLES, Plan, mean_std, run_name
 from training.config import load_config
@@ -68,13 +67,17 @@ def test_missing_caches_are_a_clear_error(tmp_path, capsys):
     assert "is not a gd-prep cache" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_tiny_sweep_runs_summarizes_and_resumes(tmp_path, capsys):
     make_classification_cache(tmp_path / "cache" / "ntu")
     make_detection_cache(tmp_path / "cache" / "pku")
     modalities = ["source.modalities=[depth,flow,jjd]", "target.modalities=[depth,flow,jjd]"]
+    # One epoch a stage: the sweep's running, summary and resuming are what is tested here.
+    one_epoch = ["source.epochs=1", "source.uniform_epochs=0", "source.lr_steps=[]",
+                 "target.epochs=1", "target.uniform_epochs=0"]  # fmt: skip
     argv = ["--caches", str(tmp_path), "--out", str(tmp_path / "sweep"), "--seeds", "3",
             "--tables", "table4", "--target-mini", "1", "--plot", str(tmp_path / "t4.png"),
-            "--set", *TINY, *modalities]  # fmt: skip
+            "--set", *TINY, *modalities, *one_epoch]  # fmt: skip
     assert ablations.main(argv) == 0
     out = capsys.readouterr().out
     assert "| trg only |" in out and "| src w/ PIs + trg w/ PIs |" in out

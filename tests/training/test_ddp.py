@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.training.test_data import make_classification_cache, make_detection_cache
+from tests.helpers.caches import make_classification_cache, make_detection_cache
+from tests.helpers.numerics import reorder_tol
 from training.checkpoint import load_checkpoint
 from training.config import load_config
-from training.trainer import build_pretrain, run_stage
+from training.run import run_stage
+from training.stages import build_pretrain
 
 ROOT = Path(__file__).resolve().parents[2]
 MODALITIES = ("depth", "rgb", "flow")  # ResNets only: the skeleton GRUs' dropout draws other
@@ -35,15 +37,16 @@ OVERRIDES = [
 # How far summation order alone moves a weight, relative to the tensor's magnitude: the two runs
 # add the same float32 terms in another order (each rank sums its half, then the all-reduce).
 # A sum of N terms in another order differs by about sqrt(N) * eps relative to its magnitude
-# (rounding errors add like a random walk); the largest reductions here are BatchNorm
-# statistics over N = batch 4 x 64 x 64 = 16384 values, so sqrt(N) * eps = 1.6e-5. Four times
-# that leaves room for the few steps that carry it forward, and stays far below the 1e-2 that
-# a wrong distribution (unsynchronized BatchNorm, unaveraged gradients) gives. Scaled by the
-# tensor's magnitude (running variances reach 3 or more), not a fixed absolute 1e-5, which a
-# Xeon's summation order exceeded (1.7e-5 on a running_var of 3.3: 5e-6 relative).
-TOLERANCE = 4 * (4 * 64 * 64) ** 0.5 * torch.finfo(torch.float32).eps
+# (tests/helpers/numerics.py); the largest reductions here are BatchNorm statistics over
+# N = batch 4 x 64 x 64 = 16384 values, so sqrt(N) * eps = 1.6e-5. Four times that leaves room
+# for the few steps that carry it forward, and stays far below the 1e-2 that a wrong
+# distribution (unsynchronized BatchNorm, unaveraged gradients) gives. Scaled by the tensor's
+# magnitude (running variances reach 3 or more), not a fixed absolute 1e-5, which a Xeon's
+# summation order exceeded (1.7e-5 on a running_var of 3.3: 5e-6 relative).
+LARGEST_SUM = 4 * 64 * 64
 
 
+@pytest.mark.numerics
 @pytest.mark.slow
 def test_two_processes_train_the_same_weights_as_one(tmp_path):
     make_classification_cache(tmp_path / "ntu", MODALITIES, size=64)
@@ -70,9 +73,9 @@ def test_two_processes_train_the_same_weights_as_one(tmp_path):
                 if key.endswith("num_batches_tracked"):
                     assert one[key] == two[key], key
                     continue
-                scale = max(1.0, one[key].abs().max().item())
+                tol = reorder_tol(LARGEST_SUM, one[key].abs().max().item())
                 torch.testing.assert_close(
-                    two[key], one[key], rtol=0, atol=TOLERANCE * scale, msg=f"{stage} {m} {key}"
+                    two[key], one[key], rtol=0, atol=tol, msg=f"{stage} {m} {key}"
                 )
 
     # and training did move them away from the initial weights

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.helpers.numerics import reorder_tol
 from training.networks import (
     Classifier,
     Detector,
@@ -157,11 +158,14 @@ def test_bad_sizes_raise(make):
 
 
 # torch.onnx's default exporter (torch.export-based, needs onnxscript) and the older
-# TorchScript-based one (needs only onnx, deprecated); the export step may use either.
+# TorchScript-based one (needs only onnx, deprecated); the export step may use either. The
+# one-thread pass (`numerics`) compares the same kernels through the quicker exporter only.
 EXPORTERS = [
     pytest.param(True, id="dynamo"),
     pytest.param(
-        False, id="torchscript", marks=pytest.mark.filterwarnings("ignore::DeprecationWarning")
+        False,
+        id="torchscript",
+        marks=[pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.numerics],
     ),
 ]
 
@@ -193,7 +197,11 @@ def test_depth_encoder_exports_to_onnx_with_dynamic_batch(dynamo):
     encoder = ResNet18(10, 4)
     x = torch.randn(3, 10, 32, 32)
     (out,) = _export_and_run(encoder, torch.randn(2, 10, 32, 32), x, dynamo)
-    np.testing.assert_allclose(out, encoder(x).detach().numpy(), atol=1e-4)
+    want = encoder(x).detach().numpy()
+    # ONNX Runtime's kernels sum in another order than torch's: 17 convolutions and a pooling
+    # chained, the largest summing 10 x 7 x 7 = 490 terms (conv1).
+    tol = reorder_tol(10 * 7 * 7, np.abs(want).max(), layers=18)
+    np.testing.assert_allclose(out, want, rtol=0, atol=tol)
 
 
 @pytest.mark.slow
@@ -203,4 +211,8 @@ def test_sequence_encoder_exports_to_onnx_with_dynamic_batch(causal, dynamo):
     seq = SequenceEncoder(32, num_actions=3, hidden_size=8, causal=causal)
     x = torch.randn(3, 10, 32)
     logits, _ = _export_and_run(seq, torch.randn(2, 10, 32), x, dynamo)
-    np.testing.assert_allclose(logits, seq(x)[0].detach().numpy(), atol=1e-5)
+    want = seq(x)[0].detach().numpy()
+    # Another summation order: 10 GRU steps chained, each summing 32 inputs and 8 hidden
+    # values per gate, and the linear layer after them.
+    tol = reorder_tol(32 + 8, np.abs(want).max(), layers=10 + 1)
+    np.testing.assert_allclose(logits, want, rtol=0, atol=tol)

@@ -1,7 +1,6 @@
 import json
 from dataclasses import asdict
 
-import cv2
 import numpy as np
 import pytest
 
@@ -13,6 +12,7 @@ from synth.formats import (
     write_pku_splits,
     write_pku_video,
 )
+from tests.helpers.depth_reference import reference_millimetres
 from training.cache import Cache, CacheError, CacheWriter
 from training.datasets import NTUDataset
 from training.prep import PrepSettings, main, optical_flow, prepare, prepare_sample
@@ -43,6 +43,11 @@ def write_ntu_tree(root, rng, performers=(1, 2, 3), with_images=True):
     return names
 
 
+def nearest_valid_depth(frames, spec):
+    """Each frame reduced by the per-pixel reference, not by the code under test."""
+    return np.stack([reference_millimetres(frame, spec) for frame in frames])
+
+
 def settings(root, modalities, **kw):
     return PrepSettings(
         dataset="ntu", root=str(root), modalities=tuple(modalities), height=8, width=8,
@@ -66,7 +71,7 @@ def test_ntu_cache_holds_the_kept_frames_of_every_modality(tmp_path):
     assert cache.samples[i].info["label"] == sample.label
 
     depth_pngs = sample.load_depth()[KEPT]
-    expected = DepthPreprocessor(s.spec, 24, 32).to_millimetres(depth_pngs)
+    expected = nearest_valid_depth(depth_pngs, s.spec)
     np.testing.assert_array_equal(cache.frames("depth", i, np.arange(len(KEPT))), expected)
     np.testing.assert_allclose(
         cache.frames("jjd", i, np.arange(len(KEPT))), jjd(sample.load_skeleton()[KEPT]), rtol=1e-6
@@ -132,16 +137,18 @@ def test_skeleton_only_tree_and_cli(tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*args, "--size", "big"])
+    assert "argument --size: size must look like HxW" in capsys.readouterr().err
 
 
 def test_pku_video_keeps_segments(tmp_path):
     rng = np.random.default_rng(4)
     root = tmp_path / "pku"
     videos = [pku_video_name(n, "M") for n in (2, 3)]
+    depths = {}
     for v in videos:
         joints, tracked, _, _ = random_body(rng, 40, bodies=2)
-        depth = rng.integers(0, 5000, (40, 12, 16)).astype(np.uint16)
-        write_pku_video(root, v, joints, tracked, [(3, 5, 20), (7, 25, 38)], depth=depth)
+        depths[v] = rng.integers(0, 5000, (40, 12, 16)).astype(np.uint16)
+        write_pku_video(root, v, joints, tracked, [(3, 5, 20), (7, 25, 38)], depth=depths[v])
     write_pku_splits(root, (videos[:1], videos[1:]), (videos[:1], videos[1:]))
     s = PrepSettings(dataset="pku", root=str(root), modalities=("depth", "jld"), height=6,
                      width=8, split="cross-subject")  # fmt: skip
@@ -151,7 +158,9 @@ def test_pku_video_keeps_segments(tmp_path):
     assert info["subset"] == "test"
     assert [row[:3] for row in info["segments"]] == [[3, 5, 20], [7, 25, 38]]
     assert cache.samples[0].length == 14  # frames 0, 3, ..., 39
-    assert cv2.imread  # OpenCV decoded the PNGs
+    for v in videos:  # the 16-bit PNGs were decoded, every kept frame, bit for bit
+        frames = cache.frames("depth", cache.index[v], np.arange(14))
+        np.testing.assert_array_equal(frames, nearest_valid_depth(depths[v][::3], s.spec))
 
 
 @pytest.mark.parametrize("method", ["tvl1", "farneback"])

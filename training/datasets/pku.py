@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from core.labels import LABEL, read_label_file
+from core.splits import SPLITS, SplitFormatError, read_split
 from synth.formats import (
     PKU_DEPTH_DIR,
     PKU_LABEL_DIR,
     PKU_RGB_DIR,
     PKU_SKELETON_DIR,
     PKU_SPLIT_DIR,
-    PKU_VIDEO_NAME,
 )
 from training.datasets.errors import DatasetFormatError
 from training.datasets.media import read_depth_folder, read_video
@@ -36,7 +36,6 @@ from training.datasets.skeleton_file import read_pku_skeleton
 from training.datasets.subsets import mini_subset
 
 NUM_CLASSES = 51
-SPLITS = ("cross-subject", "cross-view")
 SUBSETS = ("train", "test")
 # Folder names: ours (= the released code's) first, then the released archives' names.
 FOLDERS = {
@@ -85,27 +84,11 @@ def find_folder(root: str | os.PathLike, kind: str) -> Path:
 
 
 def read_pku_split(path: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """(training videos, test videos) of a split file: line 2 and line 4, `, `-separated."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: split file not found")
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
-    if len(lines) < 4:
-        reason = "expected 4 lines (title, training videos, title, test videos)"
-        raise DatasetFormatError(path, f"{reason}, got {len(lines)}")
-    train, test = _video_names(lines[1], path, 2), _video_names(lines[3], path, 4)
-    both = sorted(set(train) & set(test))
-    if both:
-        raise DatasetFormatError(path, f"videos in both training and test: {both[:5]}")
-    return train, test
-
-
-def _video_names(line: str, path: Path, number: int) -> list[str]:
-    names = [name.strip() for name in line.split(",") if name.strip()]
-    for name in names:
-        if not PKU_VIDEO_NAME.fullmatch(name):
-            raise DatasetFormatError(path, f"{name!r} is not a video name NNNN-V", number)
-    return names
+    """(training videos, test videos) of a split file (`core.splits`, which gd-eval reads too)."""
+    try:
+        return read_split(path)
+    except SplitFormatError as e:
+        raise DatasetFormatError(e.path, e.reason, e.line) from None
 
 
 class PKUMMDDataset:

@@ -1,18 +1,23 @@
-import pytest
+"""Fixtures shared across test directories: the tiny model bundle and a real server on loopback
+(tests/helpers/live.py). Their imports stay inside the fixtures, so tests of the other parts
+never load the server."""
 
-from server.settings import Settings
-from tests.server.live import TOKEN, LiveServer
-from tests.server.tiny_bundle import make_bundle
+import pytest
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
+    from tests.helpers.tiny_bundle import make_bundle
+
     return make_bundle(tmp_path_factory.mktemp("bundle") / "tiny")
 
 
 @pytest.fixture(scope="session")
 def test_settings(tiny_bundle, tmp_path_factory):
     """Small limits and timeouts so every path is quick to reach."""
+    from server.settings import Settings
+    from tests.helpers.live import TOKEN
+
     return Settings(
         model=tiny_bundle.root,
         tokens=(TOKEN,),
@@ -30,6 +35,8 @@ def test_settings(tiny_bundle, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(test_settings):
+    from tests.helpers.live import LiveServer
+
     live = LiveServer(test_settings)
     yield live
     live.stop()
@@ -38,6 +45,8 @@ def server(test_settings):
 @pytest.fixture
 def make_server():
     """Start servers with other settings; all are stopped after the test."""
+    from tests.helpers.live import LiveServer
+
     started = []
 
     def start(settings, **kwargs):

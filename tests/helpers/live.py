@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import socket
 import threading
 import time
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -21,6 +24,7 @@ from server.cli import uvicorn_config
 from server.settings import Settings
 
 TOKEN = "test-token-5d41402abc4b2a76"
+T0_US = 1_000_000  # the first timestamp run_stream sends
 
 
 class LiveServer:
@@ -120,9 +124,7 @@ async def run_stream(
         if token and not header_token:
             hello_message["token"] = token
     if messages is None:
-        messages = frame_messages(
-            frames, frame_timestamps_us(len(frames), fps) + 1_000_000, encoding
-        )
+        messages = frame_messages(frames, frame_timestamps_us(len(frames), fps) + T0_US, encoding)
     async with connect(url, additional_headers=headers, max_size=None, compression=None) as ws:
 
         async def receive() -> None:
@@ -173,11 +175,30 @@ def upload(
     )
 
 
-def npy_bytes(frames: np.ndarray) -> bytes:
-    import io
+# Upload bodies
 
+
+def npy_bytes(frames: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, frames)
+    return buf.getvalue()
+
+
+def npz_of(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def png(image: np.ndarray) -> bytes:
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+def zip_of(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
     return buf.getvalue()
 
 

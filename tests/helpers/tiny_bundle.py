@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from core.bundle import FileRef, ModelBundle, sha256_file, write_bundle_json
 from core.clip import ClipSpec
+from tests.helpers.numerics import F32_EPS
 
 TINY_SPEC = ClipSpec(
     source_fps=30,
@@ -40,6 +41,14 @@ WALL_MM, OBJECT_MM = 4000, 1000
 # logits = n * W_N + W_1 (the feature layout is [n, 1, 0, ...])
 W_N = np.array([0.0, 40.0, 80.0], np.float32)
 W_1 = np.array([0.0, -2.0, -14.0], np.float32)
+# How far the model's float32 probabilities may be from `reference_probs` (float64): the near
+# fraction n is exact to half an ulp (a mean of 0/1 values: the count is exact in float32, one
+# division rounds), the window's mean of n adds a few roundings of values <= 1, and the logits
+# n * W_N + W_1 scale n's error by |W_N| <= 80 and round once at a magnitude <= 80. Softmax moves
+# a probability by at most half the largest logit error, and its exp, sum and division add a few
+# eps on values <= 1. In all about 2 * 80 eps; twice that for margin (3.8e-5): a wrong feature or
+# weight moves a probability by orders of magnitude more.
+PROB_TOL = 4 * float(np.abs(W_N).max()) * F32_EPS
 
 
 def _const(name: str, value: np.ndarray) -> onnx.NodeProto:

@@ -1,0 +1,63 @@
+"""The REST API's request and response bodies (their JSON Schemas are in the OpenAPI
+document, /docs and docs/api.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class Detection(BaseModel):
+    label: str
+    class_id: int
+    start_frame: int  # in the upload's own frame numbering, inclusive
+    end_frame: int
+    start_s: float  # from the first frame
+    end_s: float  # exclusive
+    confidence: float
+
+
+class ClipScores(BaseModel):
+    clip: int
+    start_s: float
+    end_s: float
+    activity: float  # 1 - p(background)
+    probs: list[float]  # index 0 = background
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class VideoInfo(BaseModel):
+    format: str
+    frames: int
+    height: int
+    width: int
+    duration_s: float
+    clips: int
+
+
+class DetectionsResponse(BaseModel):
+    detections: list[Detection]
+    clip_scores: list[ClipScores] | None = None
+    model: ModelRef
+    video: VideoInfo
+    timing_ms: dict[str, float]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+# The error answers every authenticated route may give, for the OpenAPI document.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 422)
+}

@@ -1,0 +1,21 @@
+"""server.app: how the routers are mounted (the routes themselves: test_api.py)."""
+
+import httpx
+
+
+def test_every_v1_operation_needs_a_token_and_no_other_does(server):
+    """Enumerated from the OpenAPI document, so that a router mounted later without the
+    token check (or with it where probes must not need it) fails here."""
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    seen = {"v1": 0, "open": 0}
+    for path, operations in spec["paths"].items():
+        for method in operations:
+            r = httpx.request(method, f"{server.url}{path}")
+            if path.startswith("/v1/"):
+                assert r.status_code == 401, (method, path, r.text)
+                assert r.json()["error"]["code"] == "unauthorized"
+                seen["v1"] += 1
+            else:
+                assert r.status_code == 200, (method, path, r.text)
+                seen["open"] += 1
+    assert seen == {"v1": 2, "open": 3}  # /v1/model, /v1/detections; health, ready, metrics
