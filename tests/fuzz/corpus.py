@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from core.clip import frame_timestamps_us
+from tests.helpers.live import png, zip_of
 from tests.helpers.tiny_bundle import scene
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -56,18 +56,6 @@ def npz(compressed: bool = True, **arrays: np.ndarray) -> bytes:
 
 
 # --- zip of PNGs ---------------------------------------------------------------------------
-
-
-def png(image: np.ndarray) -> bytes:
-    return cv2.imencode(".png", image)[1].tobytes()
-
-
-def zip_of(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression) as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    return buf.getvalue()
 
 
 def png_zip(frames: np.ndarray, compression: int = zipfile.ZIP_DEFLATED) -> bytes:
