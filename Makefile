@@ -41,7 +41,7 @@ test: setup
 # TESTS=tests/core narrows it to the part being edited.
 TESTS ?=
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow" $(TESTS)
+	$(BIN)/python -m pytest -q -n auto -m "not slow" $(TESTS)
 
 # The floating-point comparisons again on one thread: their tolerances hold for any summation
 # order, so the result must not depend on how many threads split a sum. `make test` runs them
