@@ -10,6 +10,7 @@ from core.bundle import ModelBundle, load_bundle
 from server.auth import Auth
 from server.batcher import MicroBatcher
 from server.engine import Engine, load_engine
+from server.eventbus import EventBus
 from server.metrics import Metrics
 from server.recording_worker import RecordingDecoder, remove_stale_spool_files
 from server.settings import Settings
@@ -24,6 +25,7 @@ class Service:
     engine: Engine
     auth: Auth
     metrics: Metrics = field(default_factory=Metrics)
+    bus: EventBus = field(default_factory=EventBus)  # streams' events, for whoever listens
     # One thread runs the model: ONNX Runtime parallelizes inside a run (intra-op threads),
     # and runs from several threads would only fight over the same cores.
     model_executor: ThreadPoolExecutor = field(

@@ -332,7 +332,13 @@ class StreamSession:
             latency_s=latency_s(self.spec, self.delay),
         )
 
+    @property
+    def model(self) -> dict[str, str]:
+        b = self.service.bundle
+        return {"name": b.name, "version": b.version}
+
     async def send(self, event: Event) -> None:
+        await self.service.bus.event(self.hello.camera_id, event, self.model)
         async with self.send_lock:
             try:
                 async with asyncio.timeout(self.settings.send_timeout_s):
@@ -345,6 +351,7 @@ class StreamSession:
     async def run(self) -> None:
         await self.send(self.ready())
         log.info("stream %s open: %r", self.hello.camera_id, self.hello)
+        await self.service.bus.connected(self.hello.camera_id, self.hello, self.model)
         tasks = [
             asyncio.create_task(self._receive()),
             asyncio.create_task(self._frames()),
@@ -364,6 +371,7 @@ class StreamSession:
                 item = self.clips.get_nowait()
                 if isinstance(item, tuple):  # not a _Gap or the end marker
                     item[1].cancel()
+            await self.service.bus.disconnected(self.hello.camera_id, self.received, self.dropped)
         log.info(
             "stream %s ended: %d frames, %d dropped, %d clips",
             self.hello.camera_id, self.received, self.dropped, self.segmenter.next_clip,
