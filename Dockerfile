@@ -35,7 +35,8 @@ FROM ${PYTHON_IMAGE} AS server
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libusb-1.0-0 \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gd
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gd \
+    && mkdir /data && chown 10001 /data
 COPY --from=server-build /opt/venv /opt/venv
 COPY models/default/ /app/models/default/
 # hadolint ignore=DL3064
@@ -43,6 +44,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     GD_MODEL=/app/models/default \
     GD_TOKENS_FILE=/run/secrets/gd_tokens \
+    GD_DATA_DIR=/data \
     GD_PORT=8000
 WORKDIR /app
 USER 10001
@@ -80,7 +82,8 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 libusb-1.0-0 \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gd
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gd \
+    && mkdir /data && chown 10001 /data
 COPY --from=gpu-build /opt/venv /opt/venv
 COPY models/default/ /app/models/default/
 # hadolint ignore=DL3064
@@ -88,6 +91,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     GD_MODEL=/app/models/default \
     GD_TOKENS_FILE=/run/secrets/gd_tokens \
+    GD_DATA_DIR=/data \
     GD_PORT=8000 \
     GD_DEVICE=auto
 WORKDIR /app

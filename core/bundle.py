@@ -6,6 +6,8 @@
                                {key: {path, sha256}}, training provenance, metrics
 <bundle>/visual_encoder.onnx   float32[B, T_c, H, W]  -> float32[B, D]
 <bundle>/sequence_encoder.onnx float32[B, T_w, D]     -> float32[B, T_w, L+1] probabilities
+<bundle>/weights.pt            the detector's PyTorch weights for `gd-train finetune`
+                               (model.json `training.weights`); never read by the server
 <bundle>/engines/              optional TensorRT plans, one folder per GPU + TensorRT version
                                (`engine_folder_name`), not listed in `files`
 ```

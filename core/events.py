@@ -78,6 +78,8 @@ class Scores(Message):
     Frames (inclusive) and seconds (end exclusive) count at the model's `source_fps` from the
     stream's first frame (`core.clip.clips_span`); the timestamps are the same span in the
     sender's clock. `frame_index` / `timestamp_us` are the frame that completed the clip.
+    `model_version` is the version of the model that scored it (a hot reload changes it
+    mid-stream); "" from a server older than the field.
     """
 
     TYPE = "scores"
@@ -93,11 +95,15 @@ class Scores(Message):
     top: tuple[Score, ...]
     frame_index: int
     timestamp_us: int
+    model_version: str = ""
 
     @classmethod
     def parse(cls, message: dict[str, Any], **converted: Any) -> Self:
         top = tuple(Score.parse(s) for s in message.get("top", ()))
-        return super().parse(message, top=top, **converted)
+        version = message.get("model_version", "")
+        if not isinstance(version, str):
+            raise WireError(f"scores model_version must be a string, got {version!r}")
+        return super().parse(message, top=top, model_version=version, **converted)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,10 @@ visual_encoder.onnx    clips    float32[batch, T_c, H, W] -> features      float
 sequence_encoder.onnx  features float32[batch, time, D]   -> probabilities float32[batch, time, L+1]
 ```
 
+Beside them, `weights.pt`: the detector's PyTorch weights (a `training.checkpoint` file without
+resume state), named with its sha256 in model.json `training.weights`, so that `gd-train
+finetune` can start from a bundle. The server never reads it.
+
 The sequence encoder includes the softmax, so the server gets probabilities. Its time axis is
 dynamic as well as its batch: a video shorter than one window is scored in one shorter window
 (`core.clip.window_starts`). The export is only kept if `onnx.checker` accepts both files, their
@@ -47,11 +51,12 @@ from core.clip import ClipSpec
 from core.files import make_temp_dir
 from core.ortsession import ort_session
 from core.postprocess import ACTIVITY_THRESHOLD
-from training.checkpoint import Checkpoint
+from training.checkpoint import Checkpoint, save_checkpoint
 from training.networks import Detector
 
 OPSET = 18  # the dynamo exporter's lowest; TensorRT 8.6 and later parse it
 PARITY_TOLERANCE = 1e-4  # max abs difference of probabilities, ONNX Runtime vs PyTorch
+WEIGHTS = "weights.pt"  # the detector's torch weights inside a bundle (gd-train finetune)
 IO_NAMES = {  # (input, output) tensor names of each encoder
     "visual_encoder": ("clips", "features"),
     "sequence_encoder": ("features", "probabilities"),
@@ -322,6 +327,8 @@ def write_bundle(
     check_checkpoint(ckpt, str(checkpoint_path))
     detector = ckpt.network()
     paths = export_encoders(detector, ckpt.clip, folder)
+    training = training_record(ckpt, checkpoint_path)
+    training["weights"] = write_weights(ckpt, folder)
     bundle = ModelBundle(
         root=folder,
         name=name,
@@ -333,10 +340,23 @@ def write_bundle(
         score_delay=score_delay,
         causal=ckpt.architecture.causal,
         files={k: FileRef(p.name, sha256_file(p)) for k, p in paths.items()},
-        training=training_record(ckpt, checkpoint_path),
+        training=training,
     )
     write_bundle_json(bundle)
     return bundle
+
+
+def write_weights(ckpt: Checkpoint, folder: Path) -> dict[str, str]:
+    """`folder/weights.pt`: the deployable network's weights, its architecture, clip spec and
+    classes, with a portable provenance and no resume state; returns its model.json entry.
+    Not in `files` (the server's contract): the server has no use for torch weights."""
+    path = folder / WEIGHTS
+    light = Checkpoint(
+        task=ckpt.task, architecture=ckpt.architecture, clip=ckpt.clip, classes=ckpt.classes,
+        model=ckpt.model, provenance=portable(ckpt.provenance), metrics={}, state={},
+    )  # fmt: skip
+    save_checkpoint(path, light)
+    return {"path": WEIGHTS, "sha256": sha256_file(path)}
 
 
 def training_record(ckpt: Checkpoint, checkpoint_path: Path) -> dict[str, Any]:

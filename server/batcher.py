@@ -5,6 +5,10 @@ item, gathers more until `max_batch` items or until the oldest has waited `max_w
 items of equal shape (the sequence encoder sees windows shorter than T_w at a stream's start)
 and runs the model once per shape in a thread executor, so the event loop keeps serving frames
 while the model runs. Items already waiting when a run ends go into the next batch at once.
+
+An item may name its own model function (`submit(item, fn)`): after a hot reload, streams still
+on the old model and those on the new one share the batcher, and each run takes the items of
+one function (so a retired model is freed once no stream submits to it).
 """
 
 from __future__ import annotations
@@ -17,24 +21,26 @@ from concurrent.futures import Executor
 
 import numpy as np
 
+Model = Callable[[np.ndarray], np.ndarray]  # a batch in, its rows out
+
 
 class MicroBatcher:
     def __init__(
         self,
-        fn: Callable[[np.ndarray], np.ndarray],
+        fn: Model | None,
         executor: Executor,
         max_batch: int,
         max_wait_s: float,
         on_batch: Callable[[int, float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.fn = fn
+        self.fn = fn  # for items submitted without their own
         self.executor = executor
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.on_batch = on_batch  # (batch size, seconds in the model)
         self.clock = clock  # injectable so tests read the waits off it, not off a stopwatch
-        self._items: deque[tuple[float, np.ndarray, asyncio.Future]] = deque()
+        self._items: deque[tuple[float, np.ndarray, asyncio.Future, Model]] = deque()
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task | None = None
 
@@ -46,7 +52,7 @@ class MicroBatcher:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
         while self._items:
-            _, _, future = self._items.popleft()
+            future = self._items.popleft()[2]
             if not future.done():
                 future.cancel()
 
@@ -54,12 +60,16 @@ class MicroBatcher:
     def pending(self) -> int:
         return len(self._items)
 
-    def submit(self, item: np.ndarray) -> asyncio.Future:
-        """Queue one item; the future resolves to its output row."""
+    def submit(self, item: np.ndarray, fn: Model | None = None) -> asyncio.Future:
+        """Queue one item for `fn` (default: the batcher's); the future resolves to its output
+        row."""
         if self._worker is None or self._worker.done():
             raise RuntimeError("batcher is not running")
+        fn = fn or self.fn
+        if fn is None:
+            raise ValueError("no model function: give submit one")
         future = asyncio.get_running_loop().create_future()
-        self._items.append((self.clock(), item, future))
+        self._items.append((self.clock(), item, future, fn))
         self._wakeup.set()
         return future
 
@@ -82,16 +92,16 @@ class MicroBatcher:
             while len(items) < self.max_batch and (left := deadline - self.clock()) > 0:
                 await self._wait(left)
             batch = [items.popleft() for _ in range(min(self.max_batch, len(items)))]
-            live = [(item, fut) for _, item, fut in batch if not fut.done()]  # cancelled: gone
-            for group in _by_shape(live):
-                await self._run_group(group)
+            live = [(i, fut, fn) for _, i, fut, fn in batch if not fut.done()]  # cancelled: gone
+            for fn, group in _groups(live):
+                await self._run_group(fn, group)
 
-    async def _run_group(self, group: list[tuple[np.ndarray, asyncio.Future]]) -> None:
+    async def _run_group(self, fn: Model, group: list[tuple[np.ndarray, asyncio.Future]]) -> None:
         stacked = np.stack([item for item, _ in group])
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
         try:
-            out = await loop.run_in_executor(self.executor, self.fn, stacked)
+            out = await loop.run_in_executor(self.executor, fn, stacked)
         except Exception as e:
             for _, future in group:
                 if not future.done():
@@ -104,10 +114,11 @@ class MicroBatcher:
                 future.set_result(row)
 
 
-def _by_shape(
-    items: list[tuple[np.ndarray, asyncio.Future]],
-) -> list[list[tuple[np.ndarray, asyncio.Future]]]:
-    groups: dict[tuple[int, ...], list] = defaultdict(list)
-    for item, future in items:
-        groups[item.shape].append((item, future))
-    return list(groups.values())
+def _groups(
+    items: list[tuple[np.ndarray, asyncio.Future, Model]],
+) -> list[tuple[Model, list[tuple[np.ndarray, asyncio.Future]]]]:
+    """The items of each (function, shape), in order of their first item."""
+    groups: dict[tuple[Model, tuple[int, ...]], list] = defaultdict(list)
+    for item, future, fn in items:
+        groups[fn, item.shape].append((item, future))
+    return [(fn, group) for (fn, _), group in groups.items()]

@@ -4,12 +4,15 @@
 
 Every setting (server/settings.py) has a flag, a `GD_*` environment variable and a key in the
 TOML config file; flags win over the environment, the environment over the file.
+
+SIGHUP reloads the configured model bundle without a restart (server/service.py, `reload`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -29,7 +32,12 @@ WS_MARGIN = 1 * MiB
 
 
 # Settings with no flag: a token on the command line shows in every process listing.
-NO_FLAG = ("tokens",)
+NO_FLAG = ("tokens", "admin_tokens")
+RELOADING = (
+    "Hot reload: SIGHUP (kill -HUP PID) reloads the --model bundle, or an admin "
+    "(--admin-tokens-file) POSTs /v1/admin/reload; streams and uploads go on, a bundle that "
+    "fails its checks is refused and the old model keeps serving (docs/server.md)."
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -42,7 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         allow_abbrev=False,  # `--tokens SECRET` must not pass for `--tokens-file SECRET`
         epilog="Precedence: flags > GD_* environment variables > config file > defaults. "
         "Without a flag (environment or config file only): "
-        + "; ".join(f"GD_{n.upper()}: {FIELDS[n].description}" for n in NO_FLAG),
+        + "; ".join(f"GD_{n.upper()}: {FIELDS[n].description}" for n in NO_FLAG)
+        + ". "
+        + RELOADING,
     )
     p.add_argument(
         "--config",
@@ -111,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, BundleError, EngineError) as e:
         print(f"gd-serve: {e}", file=sys.stderr)
         return 2
+    # uvicorn handles SIGINT and SIGTERM; SIGHUP (by default: exit) becomes a reload. The
+    # handler runs on the main thread, the event loop's, and only schedules the reload there.
+    signal.signal(signal.SIGHUP, lambda signum, frame: service.reload_from_signal())
     try:
         uvicorn.Server(uvicorn_config(app, settings)).run()
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown: no traceback

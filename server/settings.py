@@ -91,6 +91,19 @@ class Settings:
     no_auth: Annotated[
         bool, Field(description="accept requests without a token (loopback binds only)")
     ] = False
+    # Admin tokens are a second set: a client token never reloads the model, an admin token
+    # never streams or uploads (docs/server.md, *Hot reload*).
+    admin_tokens: Annotated[
+        tuple[str, ...],
+        Field(description="admin tokens (POST /v1/admin/reload), comma-separated"),
+    ] = dataclasses.field(default=(), repr=False)
+    admin_tokens_file: Annotated[
+        Path | None,
+        Field(
+            description="admin tokens, one a line, for POST /v1/admin/reload; without any, "
+            "the admin endpoint is off (with --no-auth: loopback clients only)"
+        ),
+    ] = None
     cors_origins: Annotated[
         tuple[str, ...],
         Field(description="origins allowed to call the REST API from a browser, comma-separated"),
@@ -164,12 +177,54 @@ class Settings:
     decode_memory_bytes: Annotated[int, _at_least(1, "address space of one decoder process")] = (
         4096 * MiB
     )
+    # the event store (docs/events.md)
+    data_dir: Annotated[
+        Path, Field(description="where the server keeps its state (the events database)")
+    ] = Path("data")
+    events_db: Annotated[
+        str | None,
+        Field(
+            description="the event store: a SQLite file, or a database URL "
+            "(postgresql://user:pass@host/db); off: no store, no event API; "
+            "none: DATA_DIR/events.db"
+        ),
+    ] = dataclasses.field(default=None, repr=False)  # a URL may hold a password
+    events_retention_days: Annotated[
+        float, _positive("ended events are deleted after this many days, unless kept")
+    ] = 30.0
+    alert_rules: Annotated[
+        Path | None,
+        Field(description="the alert rules file (YAML, docs/alerts.md); none: no alerts"),
+    ] = None
+    # MQTT (docs/mqtt.md); off without a host
+    mqtt_host: Annotated[str | None, Field(description="MQTT broker host; none: no MQTT")] = None
+    mqtt_port: Annotated[
+        int, Field(ge=1, le=65535, description="MQTT broker port (8883 is usual with TLS)")
+    ] = 1883
+    mqtt_tls: Annotated[bool, Field(description="connect to the MQTT broker over TLS")] = False
+    mqtt_ca_file: Annotated[
+        Path | None, Field(description="the MQTT broker's CA certificate (TLS); none: the system's")
+    ] = None
+    mqtt_username: Annotated[str | None, Field(description="MQTT user name")] = None
+    mqtt_password: Annotated[
+        str | None, Field(description="MQTT password (prefer the password file)")
+    ] = dataclasses.field(default=None, repr=False)
+    mqtt_password_file: Annotated[
+        Path | None, Field(description="file whose first line is the MQTT password")
+    ] = None
+    mqtt_prefix: Annotated[str, Field(description="MQTT topic prefix")] = "gd"
+    mqtt_client_id: Annotated[
+        str, Field(description="MQTT client id; empty: gd-detect-<hostname>-<pid>")
+    ] = ""
+    mqtt_discovery: Annotated[
+        bool, Field(description="publish Home Assistant MQTT discovery configs")
+    ] = True
     log_level: Annotated[LogLevel, Field(description="log level")] = "info"
     demo: Annotated[
         bool, Field(description="stream a synthetic scene into this server and log detections")
     ] = False
 
-    @field_validator("tokens", "cors_origins", mode="before")
+    @field_validator("tokens", "admin_tokens", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         """Lists come from the environment and flags as `a,b` (spaces and empty parts
@@ -178,7 +233,7 @@ class Settings:
             return tuple(p.strip() for p in value.split(",") if p.strip())
         return value
 
-    @field_validator("tokens")
+    @field_validator("tokens", "admin_tokens")
     @classmethod
     def _no_whitespace(cls, tokens: tuple[str, ...]) -> tuple[str, ...]:
         if any(not t or any(c.isspace() for c in t) for t in tokens):
@@ -200,16 +255,22 @@ class Settings:
 
     def all_tokens(self) -> tuple[str, ...]:
         """Tokens given directly plus those of the tokens file (one a line, # comments)."""
-        if self.tokens_file is None:
-            return self.tokens
-        try:
-            lines = Path(self.tokens_file).read_text().splitlines()
-        except OSError as e:
-            raise SettingsError(f"cannot read tokens file {self.tokens_file}: {e}") from e
-        from_file = tuple(t for t in (ln.strip() for ln in lines) if t and not t.startswith("#"))
-        if any(any(c.isspace() for c in t) for t in from_file):
-            raise SettingsError(f"{self.tokens_file}: a token line contains whitespace")
-        return self.tokens + from_file
+        return self.tokens + _read_tokens(self.tokens_file, "tokens")
+
+    def all_admin_tokens(self) -> tuple[str, ...]:
+        """Admin tokens given directly plus those of the admin tokens file."""
+        return self.admin_tokens + _read_tokens(self.admin_tokens_file, "admin tokens")
+
+    def check_admin(self, tokens: tuple[str, ...]) -> tuple[str, ...]:
+        """The admin tokens; none may also be a client token (of `tokens`), or a client
+        could reload the model."""
+        admin = self.all_admin_tokens()
+        if set(admin) & set(tokens):
+            raise SettingsError(
+                "a token is both an API token and an admin token: give admins tokens of "
+                "their own (--admin-tokens-file)"
+            )
+        return admin
 
     def check_auth(self) -> tuple[str, ...]:
         """The tokens to accept; refuses to run open anywhere but on a loopback bind."""
@@ -259,6 +320,20 @@ def _describe(err: Mapping[str, Any], names: Mapping[str, str]) -> str:
         requirement = f"is invalid ({err['msg']})"
     got = "" if field in SECRET else f", got {err['input']!r}"
     return f"{names.get(field, field)} {requirement}{got}"
+
+
+def _read_tokens(path: Path | None, what: str) -> tuple[str, ...]:
+    """The tokens of a file, one a line (# comments and blank lines ignored); () for None."""
+    if path is None:
+        return ()
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise SettingsError(f"cannot read {what} file {path}: {e}") from e
+    tokens = tuple(t for t in (ln.strip() for ln in lines) if t and not t.startswith("#"))
+    if any(any(c.isspace() for c in t) for t in tokens):
+        raise SettingsError(f"{path}: a token line contains whitespace")
+    return tokens
 
 
 def is_loopback(host: str) -> bool:

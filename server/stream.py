@@ -23,6 +23,14 @@ exactly what it gives offline), and with d > 0 a bidirectional encoder sees d fu
 for d clip steps of latency. Each clip is encoded once; its feature is reused by the next
 T_w - 1 windows.
 
+Hot reload (server/service.py swaps the server's engine): a stream checks the engine as each
+clip completes. If the new model has the same clip spec (same frames, same preprocessing), the
+clip goes to it, and when the scoring side reaches that clip it switches as at a gap: the old
+window's waiting clips are scored, open actions end, the window and segmenter restart on the
+new model, a `model_switched` warning says so; clip numbers go on. Otherwise the stream cannot
+switch (its resampling, sizes and preprocessing are the old model's) and finishes on the old
+model, after a `model_kept` warning. Every `scores` event names the version that scored it.
+
 Three tasks per stream: `_receive` (WebSocket -> frame queue, never blocked by the model),
 `_frames` (queue -> clips, submitted to the visual batcher at once) and `_clips` (in clip
 order: feature -> window -> scores -> events; a `_Gap` between two segments' clips). At most
@@ -60,6 +68,7 @@ from core.events import (
     Score,
     Scores,
     ServerError,
+    ServerWarning,
     TimestampGap,
 )
 from core.limits import MILLIMETRES
@@ -77,22 +86,15 @@ from core.wire import (
     unpack_header,
 )
 from server import querytokens
+from server.engine import Engine
 from server.service import Service
+from server.service import check_score_delay as check_score_delay  # importable here too
 
 log = logging.getLogger("gd.server.stream")
 
 MAX_PENDING_CLIPS = 4
 WARNING_INTERVAL_S = 1.0
 YIELD_EVERY = 8  # frames processed between yields to the event loop
-
-
-def check_score_delay(delay: int, spec: ClipSpec) -> None:
-    """A score delay must leave the clip inside the window that ends `delay` clips later."""
-    if not 0 <= delay <= spec.window - 1:
-        raise ValueError(
-            f"score_delay must be in [0, {spec.window - 1}] clips for this model "
-            f"(its window is {spec.window} clips), got {delay}"
-        )
 
 
 def latency_s(spec: ClipSpec, delay: int) -> float:
@@ -183,9 +185,11 @@ async def serve(ws: WebSocket, service: Service) -> None:
     metrics.streams.inc()
     error: StreamError | None = None
     gone = False
+    session: StreamSession | None = None
     try:
         hello = await _handshake(ws, service)
-        await StreamSession(ws, service, hello).run()
+        session = StreamSession(ws, service, hello)
+        await session.run()
     except StreamError as e:
         error = e
     except WebSocketDisconnect:
@@ -198,6 +202,10 @@ async def serve(ws: WebSocket, service: Service) -> None:
         metrics.streams.dec()
         code = 1001 if gone else error.close if error else 1000
         metrics.streams_closed.labels(str(code)).inc()
+    if session is not None and session.announced:
+        # After the stream count: listeners (the event store) may take a while, and the camera
+        # reconnecting meanwhile must not be refused as one stream too many.
+        await service.bus.disconnected(session.hello.camera_id, session.received, session.dropped)
     if error is not None:
         log.info("stream closed %d: %s", error.close, error.code)
     if not gone:
@@ -277,8 +285,12 @@ class StreamSession:
     def __init__(self, ws: WebSocket, service: Service, hello: Hello) -> None:
         self.ws, self.service, self.hello = ws, service, hello
         self.settings, self.metrics = service.settings, service.metrics
-        bundle = service.bundle
+        # The model the frames side cuts clips for, and the one the clips side scores with:
+        # both the server's at the start; they differ for a moment after a reload.
+        self.clip_engine = self.score_engine = service.engine
+        bundle = self.score_engine.bundle
         self.spec, self.classes = bundle.clip, bundle.classes
+        self.told_kept: Engine | None = None  # the newer model a `model_kept` warning named
         spec = self.spec
         self.sizes = [(hello.height, hello.width)]
         if (spec.height, spec.width) not in self.sizes:
@@ -313,13 +325,14 @@ class StreamSession:
         self.received = self.dropped = self.dropped_unreported = 0
         self.last_warning = 0.0
         self.send_lock = asyncio.Lock()
+        self.announced = False  # the bus was told this stream is connected
 
     def _segment(self, first_clip: int, offset_frames: int) -> _Segment:
         resampler = TimestampResampler(self.spec.kept_fps)
         return _Segment(first_clip, offset_frames, resampler, deque(maxlen=self.spec.clip_len))
 
     def ready(self) -> Ready:
-        b = self.service.bundle
+        b = self.score_engine.bundle
         return Ready(
             model={"name": b.name, "version": b.version},
             clip=self.spec,
@@ -334,7 +347,8 @@ class StreamSession:
 
     @property
     def model(self) -> dict[str, str]:
-        b = self.service.bundle
+        """The model of this stream's events now: the one that scored its latest clip."""
+        b = self.score_engine.bundle
         return {"name": b.name, "version": b.version}
 
     async def send(self, event: Event) -> None:
@@ -352,6 +366,7 @@ class StreamSession:
         await self.send(self.ready())
         log.info("stream %s open: %r", self.hello.camera_id, self.hello)
         await self.service.bus.connected(self.hello.camera_id, self.hello, self.model)
+        self.announced = True  # so `serve` tells the bus when it ends
         tasks = [
             asyncio.create_task(self._receive()),
             asyncio.create_task(self._frames()),
@@ -371,7 +386,6 @@ class StreamSession:
                 item = self.clips.get_nowait()
                 if isinstance(item, tuple):  # not a _Gap or the end marker
                     item[1].cancel()
-            await self.service.bus.disconnected(self.hello.camera_id, self.received, self.dropped)
         log.info(
             "stream %s ended: %d frames, %d dropped, %d clips",
             self.hello.camera_id, self.received, self.dropped, self.segmenter.next_clip,
@@ -473,9 +487,19 @@ class StreamSession:
             n = seg.n_kept
             if n >= spec.clip_len and (n - spec.clip_len) % spec.clip_step == 0:
                 clip = np.stack(seg.kept)
-                out.append((self.n_clips, self.service.visual.submit(clip), frame))
+                engine = self._next_clip_engine()
+                feature = self.service.visual.submit(clip, engine.encode_clips)
+                out.append((self.n_clips, feature, frame, engine))
                 self.n_clips += 1
         return out
+
+    def _next_clip_engine(self) -> Engine:
+        """The server's newest model if it reads this stream's clips as they are cut (the same
+        clip spec), else the one the stream has."""
+        newest = self.service.engine
+        if newest is not self.clip_engine and newest.bundle.clip == self.spec:
+            self.clip_engine = newest
+        return self.clip_engine
 
     def _prepare(self, frame: _Frame) -> np.ndarray:
         """Decode and preprocess a kept frame (once: a gap repeats the same frame)."""
@@ -510,9 +534,14 @@ class StreamSession:
                 await self._flush_delayed()
                 await self._new_segment(item)
                 continue
-            c, feature_future, frame = item
+            c, feature_future, frame, engine = item
+            if engine is not self.score_engine:
+                await self._switch(engine, c)
+            elif self._kept_from_newer():
+                await self._tell_kept()
             self.features.append(await feature_future)
-            self.window_probs = await self.service.sequence.submit(np.stack(self.features))
+            window = np.stack(self.features)
+            self.window_probs = await self.service.sequence.submit(window, engine.score_windows)
             self.window_end = c
             self.delayed.append((c, frame))
             if len(self.delayed) > self.delay:
@@ -540,7 +569,8 @@ class StreamSession:
         """Between segments: close the open action, forget the old window, say why."""
         for event in self.segmenter.flush():
             await self.send(self._action_event(event))
-        self.segmenter = Segmenter(self.service.bundle.activity_threshold, gap.segment.first_clip)
+        threshold = self.score_engine.bundle.activity_threshold
+        self.segmenter = Segmenter(threshold, gap.segment.first_clip)
         self.features.clear()
         self.scored = gap.segment
         gap_s = gap.gap_us / 1e6
@@ -553,6 +583,43 @@ class StreamSession:
             message, gap_s, gap.segment.first_clip, frame.index, frame.timestamp_us
         )
         await self.send(warning)
+
+    async def _switch(self, engine: Engine, c: int) -> None:
+        """Clip c is the first of a newer model (same clip spec): its features do not mix with
+        the old model's, so the scores restart as after a gap while clips and frames go on."""
+        await self._flush_delayed()
+        for event in self.segmenter.flush():
+            await self.send(self._action_event(event))
+        old, new = self.score_engine.bundle, engine.bundle
+        self.score_engine, self.classes = engine, new.classes
+        self.segmenter = Segmenter(new.activity_threshold, c)
+        self.features.clear()
+        message = (
+            f"the server now serves {new.name} {new.version} (was {old.name} {old.version}): "
+            f"it scores this stream from clip {c} on, its window restarting there"
+        )
+        await self.send(ServerWarning("model_switched", message))
+
+    def _kept_from_newer(self) -> bool:
+        """The server serves a newer model this stream cannot switch to, not yet told."""
+        newest = self.service.engine
+        return (
+            newest is not self.score_engine
+            and newest is not self.told_kept
+            and newest.bundle.clip != self.spec
+        )
+
+    async def _tell_kept(self) -> None:
+        """Once per newer model this stream cannot switch to (another clip spec)."""
+        newest = self.service.engine
+        self.told_kept = newest
+        new, mine = newest.bundle, self.score_engine.bundle
+        message = (
+            f"the server now serves {new.name} {new.version}, whose clip spec differs from "
+            f"this stream's: the stream stays on {mine.name} {mine.version} until it closes; "
+            "reconnect to use the new model"
+        )
+        await self.send(ServerWarning("model_kept", message))
 
     def _span(self, first: int, last: int) -> dict[str, Any]:
         """Frames, seconds and the client's timestamps covered by clips first..last (of the
@@ -576,6 +643,7 @@ class StreamSession:
             # the frame whose arrival completed the clip: latency is measured from it
             frame_index=frame.index,
             timestamp_us=frame.timestamp_us,
+            model_version=self.score_engine.bundle.version,
         )
 
     def _action_event(self, event: SegmentStart | SegmentEnd) -> ActionStart | ActionEnd:

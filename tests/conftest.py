@@ -4,6 +4,9 @@ never load the server."""
 
 import pytest
 
+# the retraining fixtures (a tiny site, its cache, a starting bundle): tests/helpers/retraining.py
+pytest_plugins = ["tests.helpers.retraining"]
+
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
@@ -21,6 +24,7 @@ def test_settings(tiny_bundle, tmp_path_factory):
     return Settings(
         model=tiny_bundle.root,
         tokens=(TOKEN,),
+        data_dir=tmp_path_factory.mktemp("data"),  # the event store, one per session
         threads=1,
         max_streams=40,
         queue_frames=100_000,  # test clients send in bursts, not in real time

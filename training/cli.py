@@ -4,6 +4,8 @@
     gd-train detect    --preset quick --workdir runs/a                   target detection
     gd-train evaluate  --preset quick --workdir runs/a                   test on depth alone
     gd-train pipeline  --preset quick --workdir runs/a                   all of it on gd-synth data
+    gd-train finetune  --cache cache/site --workdir runs/ft [--from models/default]
+                                                                         a model on a site's data
     gd-train show-config --preset paper [key=value ...]                  the resolved config
 
 The same command under `torchrun --nproc_per_node=N -m training.cli ...` trains with N
@@ -17,6 +19,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from core.files import atomic_write_text
 from training import distributed
@@ -77,10 +80,55 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate even with a target config other than the detector was trained with, "
         "overwriting its metrics",
     )
+    add_finetune(sub, common, run)
     sub.add_parser(
         "show-config", parents=[common], help="print the resolved config", epilog=PRESET_HELP
     )
     return p
+
+
+FINETUNE_HELP = (
+    "fine-tune a model (a bundle or a detection checkpoint; models/default by default) on a "
+    "site's recordings prepared by gd-prep --dataset recordings: its classes are kept and the "
+    "site's new ones added, colour (rgb, flow) teaches depth through graph distillation where "
+    "the cache holds it, and mAP on the cache's test recordings is reported before and after"
+)
+FINETUNE_EPILOG = (
+    "Writes <workdir>/finetune/depth.pt (a checkpoint gd-export reads) and "
+    "<workdir>/finetune.json (classes, test figures before and after). Settings: the quick "
+    "preset's target.* (learning rates, batch, distillation weights) unless --preset, --config "
+    "or key=value overrides say otherwise; model.* and clip.* are the starting model's. "
+    "Exit status: 0 done; 1 the export failed; 2 bad input (no such model, a cache at another "
+    "size, no test recordings, a class list conflict). Example: gd-train finetune --cache "
+    "cache/site --workdir runs/ft --epochs 5 --export models/site"
+)
+
+
+def add_finetune(sub: Any, common: argparse.ArgumentParser, run: argparse.ArgumentParser) -> None:
+    from training.finetune import DEFAULT_MODEL
+
+    f = sub.add_parser(
+        "finetune", parents=[common, run], help=FINETUNE_HELP, description=FINETUNE_HELP,
+        epilog=FINETUNE_EPILOG,
+    )  # fmt: skip
+    f.add_argument(
+        "--from", dest="start", type=Path, default=DEFAULT_MODEL, metavar="MODEL",
+        help="bundle folder (with weights.pt) or detection checkpoint (default models/default)",
+    )  # fmt: skip
+    f.add_argument(
+        "--cache", type=Path, required=True, help="the site's cache (gd-prep --dataset recordings)"
+    )
+    f.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
+    f.add_argument(
+        "--modalities", nargs="+", choices=("depth", "rgb", "flow"), metavar="M",
+        help="training modalities, depth among them (default: depth, and rgb and flow where "
+        "the cache holds them)",
+    )  # fmt: skip
+    f.add_argument(
+        "--export", type=Path, metavar="DIR",
+        help="then write the fine-tuned model as a bundle to DIR (gd-export onnx)",
+    )  # fmt: skip
+    f.add_argument("--overwrite", action="store_true", help="replace a non-empty --export DIR")
 
 
 def generate_data(cfg: Config, workdir: Path) -> dict[str, float]:
@@ -174,10 +222,31 @@ def summary(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def run_finetune(cfg: Config, args: argparse.Namespace, dist: distributed.Dist) -> int:
+    from training.finetune import export, finetune
+    from training.finetune import summary as finetune_summary
+
+    if args.epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
+    report = finetune(
+        cfg, args.start, args.cache, args.workdir, args.modalities, args.epochs, args.resume, dist
+    )
+    if not dist.main:
+        return 0
+    print(finetune_summary(report))
+    print(f"wrote {args.workdir / 'finetune.json'} and {args.workdir / 'finetune' / 'depth.pt'}")
+    if args.export is None:
+        print(f"export: gd-export onnx --checkpoint {args.workdir / 'finetune' / 'depth.pt'} "
+              f"--cache {args.cache} --out DIR")  # fmt: skip
+        return 0
+    return 1 if export(args.workdir, args.cache, report, args.export, args.overwrite) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = load_config(args.preset, args.config, args.overrides)
+        preset = args.preset or ("quick" if args.command == "finetune" else None)
+        cfg = load_config(preset, args.config, args.overrides)
         if args.command == "show-config":
             print(cfg.to_yaml(), end="")
             return 0
@@ -188,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                 if dist.main:
                     shown = {k: v for k, v in metrics.items() if k.endswith("accuracy")}
                     print(f"{args.command}: {json.dumps(shown)}")
+            elif args.command == "finetune":
+                return run_finetune(cfg, args, dist)
             elif args.command == "evaluate":
                 refused = None if args.force else other_config_than_trained(cfg, args.workdir)
                 if refused:

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from core.clip import ClipSpec, DepthPreprocessor, video_clips
+from core.splits import VIDEO_NAME
 from synth.formats import SYNTH_MARKER
 from training.cache import Cache, CacheError
 from training.datasets.subsets import mini_subset
@@ -117,11 +118,13 @@ def video_inputs(cache: Cache, sample: int, norm: Normalizer, spec: ClipSpec) ->
 
 
 def _group(info: dict) -> str:
-    """Samples of one group never straddle train and validation: an NTU performer, or a
-    PKU-MMD recording session (its views L, M, R share the name's number)."""
+    """Samples of one group never straddle train and validation: an NTU performer, a
+    PKU-MMD recording session (its views L, M, R share the name's number), or else the
+    recording itself (a site's `kitchen-001`, `site-002`: one camera, one recording)."""
     if "performer" in info:
         return f"P{info['performer']}"
-    return info["name"].split("-")[0]
+    session = VIDEO_NAME.fullmatch(info["name"])
+    return session.group(1) if session else info["name"]
 
 
 def split_samples(
@@ -164,11 +167,12 @@ def num_detection_classes(cache: Cache) -> int:
 
 
 def class_names(cache: Cache, num_classes: int) -> list[str]:
-    """Action names: from the `gd-synth.json` of the cache's dataset when there is one, else
-    `class_<id>` (ids as in the dataset: 1-based)."""
+    """Action names: the cache's own `classes` (a site's recordings), else those of the
+    `gd-synth.json` of the cache's dataset when there is one, else `class_<id>` (ids as in
+    the dataset: 1-based)."""
+    names: list[str] = list(cache.meta.get("classes", []))
     marker = Path(cache.meta.get("settings", {}).get("root", "")) / SYNTH_MARKER
-    names: list[str] = []
-    if marker.is_file():
+    if not names and marker.is_file():
         names = list(json.loads(marker.read_text()).get("classes", []))
     if len(names) >= num_classes:
         return names[:num_classes]

@@ -37,7 +37,7 @@ from training.evaluate import (
     write_predictions,
 )
 from training.loop import fit
-from training.stages import TrainingError, build_detect, build_pretrain, open_cache
+from training.stages import Stage, TrainingError, build_detect, build_pretrain, open_cache
 from training.state import deployable_checkpoint
 from training.validation import validate
 
@@ -57,8 +57,22 @@ def run_stage(
     if done.exists():
         return json.loads(done.read_text())
     dist = dist or distributed.setup(cfg.train.device, cfg.train.threads)
-    t0 = time.perf_counter()
     phases = build_pretrain(cfg, workdir) if name == "pretrain" else build_detect(cfg, workdir)
+    return train_phases(cfg, workdir, phases, resume, stop_after, dist)
+
+
+def train_phases(
+    cfg: Config,
+    workdir: Path,
+    phases: list[Stage],
+    resume: bool = False,
+    stop_after: int | None = None,
+    dist: distributed.Dist | None = None,
+) -> dict[str, Any]:
+    """Train a stage's phases, then save every modality's deployable checkpoint into the
+    stage's folder and its metrics into done.json there; returns the metrics."""
+    dist = dist or distributed.setup(cfg.train.device, cfg.train.threads)
+    t0 = time.perf_counter()
     for stage in phases:
         fit(stage, cfg, dist, resume=resume, stop_after=stop_after)
     stage = phases[-1]
@@ -76,10 +90,10 @@ def run_stage(
             # imported here: matplotlib is slow to import and only needed for the graphs
             from training.graph_plot import draw_stage_graphs
 
-            draw_stage_graphs(stage, dist.device, workdir / "graphs" / name)
+            draw_stage_graphs(stage, dist.device, workdir / "graphs" / stage.name)
         metrics["seconds"] = time.perf_counter() - t0
         metrics["history"] = stage.history
-        atomic_write_text(done, json.dumps(metrics, indent=1))
+        atomic_write_text(stage.out / "done.json", json.dumps(metrics, indent=1))
     distributed.barrier()
     return metrics
 

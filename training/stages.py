@@ -45,7 +45,7 @@ class TrainingError(ValueError):
 class Stage:
     """One training run: which networks learn, from what, with which distiller."""
 
-    name: str  # "pretrain" | "detect"
+    name: str  # "pretrain" | "detect" | "finetune"
     task: str  # "classification" | "detection"
     out: Path
     cache: Cache
@@ -151,12 +151,20 @@ class _Setup:
 
 
 def _setup(
-    cfg: Config, workdir: Path, section: SourceConfig | TargetConfig, name: str, task: str
+    cfg: Config,
+    workdir: Path,
+    section: SourceConfig | TargetConfig,
+    name: str,
+    task: str,
+    cache: Cache | None = None,
+    spec: ClipSpec | None = None,
 ) -> _Setup:
+    """`cache` and `spec` default to the section's cache and its clip spec (fine-tuning gives
+    its own: a relabelled cache, the starting model's spec)."""
     key = "source" if name == "pretrain" else "target"
-    cache = open_cache(section.cache, workdir, name)
+    cache = cache or open_cache(section.cache, workdir, name)
     _check_modalities(cache, section.modalities, f"{key}.modalities")
-    spec = D.clip_spec(
+    spec = spec or D.clip_spec(
         cache, cfg.clip.clip_len, cfg.clip.clip_step, cfg.clip.window, cfg.clip.window_step
     )
     count = D.num_classification_classes if task == "classification" else D.num_detection_classes
@@ -230,15 +238,23 @@ def training_class_weights(
     return torch.from_numpy(class_weights(np.concatenate(labels), n, bg))
 
 
-def build_detect(cfg: Config, workdir: Path) -> list[Stage]:
+def build_detect(
+    cfg: Config,
+    workdir: Path,
+    cache: Cache | None = None,
+    spec: ClipSpec | None = None,
+    name: str = "detect",
+) -> list[Stage]:
+    """The detect stage's phases, writing into <workdir>/<name>; `cache` and `spec` as in
+    `_setup` (`training.finetune` gives them)."""
     t = cfg.target
-    setup = _setup(cfg, workdir, t, "detect", "detection")
+    setup = _setup(cfg, workdir, t, "detect", "detection", cache, spec)
     cache, spec, num_actions = setup.cache, setup.spec, setup.num_classes
     train, val, archs, nets = setup.train, setup.val, setup.archs, setup.nets
     if cfg.transfer:
         transfer_encoders(cfg, workdir, nets, archs)
     weights = training_class_weights(cache, train, spec, num_actions, t.background_weight)
-    out = workdir / "detect"
+    out = workdir / name
     # The test modality first, so that in joint mode it is student 0.
     modalities = [t.test_modality] + [m for m in t.modalities if m != t.test_modality]
 
@@ -249,7 +265,7 @@ def build_detect(cfg: Config, workdir: Path) -> list[Stage]:
         )
         repr_dim = cfg.model.hidden_size
         return Stage(
-            name="detect", task="detection", out=out, cache=cache, spec=spec,
+            name=name, task="detection", out=out, cache=cache, spec=spec,
             modalities=modalities, trained=trained, nets=nets, archs=archs,
             distiller=build_distiller(cfg, modalities, trained, num_actions + 1, repr_dim),
             curriculum=curriculum(cfg, t), train_set=train_set, val=val,
@@ -257,4 +273,4 @@ def build_detect(cfg: Config, workdir: Path) -> list[Stage]:
             state_name=state_name,
         )  # fmt: skip
 
-    return _phases(cfg, "detect", modalities, make)
+    return _phases(cfg, name, modalities, make)

@@ -89,7 +89,9 @@ async def detections(
 async def _detect(
     request: Request, service: Service, fps: float | None, scores: bool, start: float
 ) -> DetectionsResponse:
-    settings, bundle = service.settings, service.bundle
+    # one engine (and its bundle) for the whole upload, even if the model is reloaded meanwhile
+    settings, engine = service.settings, service.engine
+    bundle = engine.bundle
     data = await read_file_field(request, settings.max_upload_bytes)
     received = time.perf_counter()
     limits = uploads.Limits(
@@ -101,7 +103,7 @@ async def _detect(
     decoded = time.perf_counter()
     try:
         result = await offline.detect(
-            service.engine,
+            engine,
             video.frames,
             video.timestamps_us,
             service.model_executor,

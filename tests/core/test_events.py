@@ -21,7 +21,7 @@ from core.wire import Ready, WireError
 
 TOP = (Score("fall", 7, 0.81), Score("sit down", 8, 0.07))
 SCORES = Scores(3, 90, 119, 3.0, 4.0, 1_700_003_000_000, 1_700_004_000_000, 0.93, TOP, 118,
-                1_700_003_966_667)  # fmt: skip
+                1_700_003_966_667, "ckpt-1a2b3c4d5e6f")  # fmt: skip
 START = ActionStart("fall", 7, 0.81, 3, 90, 3.0, 1_700_003_000_000)
 END = ActionEnd("fall", 7, 90, 179, 3.0, 6.0, 0.74, 1_700_003_000_000, 1_700_006_000_000, 3, 5)
 DROPPED = FramesDropped("dropped 12", dropped=12, total_dropped=40)
@@ -34,7 +34,7 @@ WIRE = {
     '"end_s": 4.0, "start_timestamp_us": 1700003000000, "end_timestamp_us": 1700004000000, '
     '"activity": 0.93, "top": [{"label": "fall", "class_id": 7, "score": 0.81}, '
     '{"label": "sit down", "class_id": 8, "score": 0.07}], "frame_index": 118, '
-    '"timestamp_us": 1700003966667}',
+    '"timestamp_us": 1700003966667, "model_version": "ckpt-1a2b3c4d5e6f"}',
     "start": '{"type": "action", "state": "start", "label": "fall", "class_id": 7, '
     '"confidence": 0.81, "clip": 3, "start_frame": 90, "start_s": 3.0, '
     '"start_timestamp_us": 1700003000000}',

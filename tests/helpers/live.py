@@ -24,6 +24,8 @@ from server.cli import uvicorn_config
 from server.settings import Settings
 
 TOKEN = "test-token-5d41402abc4b2a76"
+ADMIN = "admin-token-7c9e6679f1d5"  # an admin token (POST /v1/admin/reload)
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN}"}
 T0_US = 1_000_000  # the first timestamp run_stream sends
 
 
@@ -211,3 +213,11 @@ async def collect(ws) -> list[dict[str, Any]]:
     except ConnectionClosed:
         pass
     return events
+
+
+def reload(live: Any, model: Any = None, headers: dict[str, str] = ADMIN_AUTH) -> Any:
+    """POST /v1/admin/reload (to `model`, or the configured bundle when None)."""
+    import httpx
+
+    body = None if model is None else {"model": str(model)}
+    return httpx.post(f"{live.url}/v1/admin/reload", json=body, headers=headers, timeout=60)

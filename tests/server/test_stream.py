@@ -411,15 +411,15 @@ def test_overload_drops_oldest_frames_and_warns(make_server, test_settings):
 
 def test_internal_error_closes_1011_and_the_server_recovers(make_server, test_settings):
     live = make_server(test_settings)
-    batcher = live.service.visual
-    real = batcher.fn
+    engine = live.service.engine
+    real = engine.visual
 
     def broken(x):
         raise RuntimeError("simulated engine failure")
 
-    batcher.fn = broken
+    engine.visual = broken
     r = stream(live.ws_url)
     assert r.close_code == 1011 and r.of("error")[0]["code"] == "internal_error"
     assert "simulated" not in json.dumps(r.events)  # internals stay in the server log
-    batcher.fn = real
+    engine.visual = real
     assert stream(live.ws_url).close_code == 1000

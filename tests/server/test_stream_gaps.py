@@ -130,15 +130,16 @@ def test_a_stream_ending_with_gaps_queued_closes_cleanly(make_server, test_setti
     """Regression: a stream that ends (here idle) while segment boundaries still wait in its
     clip queue behind a slow model closes with its own code, not 1011."""
     live = make_server(dataclasses.replace(test_settings, idle_timeout_s=0.3))
-    real = live.service.visual.fn
+    engine = live.service.engine
+    real = engine.visual
 
     def slow(x):  # holds the first clip well past the idle timeout
         time.sleep(1.0)
         return real(x)
 
-    live.service.visual.fn = slow
+    engine.visual = slow
     ts = np.concatenate([TS[:12] + k * 10_000_000 for k in range(5)])  # 5 segments of a clip
     frames = np.concatenate([FRAMES[:12]] * 5)
     r = asyncio.run(run_stream(live.ws_url, messages=frame_messages(frames, ts), end=False))
     assert r.close_code == 4408 and r.of("error")[0]["code"] == "idle"
-    live.service.visual.fn = real
+    engine.visual = real

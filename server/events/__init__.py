@@ -1,0 +1,1 @@
+"""What happens after inference: the event store, alert rules and their delivery (issue 13)."""

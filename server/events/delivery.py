@@ -1,0 +1,186 @@
+"""The webhook deliverer: takes due outbox rows, POSTs them signed, records how it went.
+
+At least once: a row leaves the outbox's pending state only when the receiver answered 2xx
+(delivered), 410 Gone (dead: the receiver says never again), or the last attempt failed
+(dead). Everything else (other statuses, timeouts, refused connections) is tried again after
+an exponential backoff with jitter, or after the receiver's `Retry-After`. Every attempt of
+one row carries the same `webhook-id`, so a receiver drops the duplicates that at-least-once
+delivery makes. Clock, sleep and randomness are injected: tests run without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+
+import httpx
+
+from server.events import webhooks
+from server.events.rules import WebhookDestination
+from server.events.types import Delivery, Outbox
+
+log = logging.getLogger("gd.server")
+
+RETRY_AFTER_MAX_S = 3600.0  # a receiver's Retry-After is honoured up to an hour
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def message_id(delivery: Delivery) -> str:
+    """The `webhook-id` of every attempt of one delivery (the event's id keeps it unique
+    across databases; the row's id, across the alerts of one event)."""
+    return f"msg_{delivery.event_id}_{delivery.id}"
+
+
+def body(delivery: Delivery) -> bytes:
+    """The exact bytes signed and sent: compact JSON, the same on every attempt."""
+    return json.dumps(delivery.payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def backoff_s(attempt: int, destination: WebhookDestination, rng: random.Random) -> float:
+    """The wait after failed attempt number `attempt` (1-based): `backoff_s` doubling each
+    time, capped at `backoff_max_s`, then drawn from its upper half ("equal jitter": never
+    zero, and receivers coming back are not hit by every sender at once)."""
+    ceiling = min(destination.backoff_max_s, destination.backoff_s * 2 ** (attempt - 1))
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+def retry_after_s(value: str | None, now: datetime) -> float | None:
+    """A `Retry-After` header in seconds from `now` (delta-seconds or an HTTP date), capped
+    at RETRY_AFTER_MAX_S; None when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # HTTP dates are GMT
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - now).total_seconds()
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX_S)
+
+
+class WebhookDeliverer:
+    """Delivers the outbox rows of the webhook destinations; `run()` until `stop()`."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        destinations: Mapping[str, WebhookDestination],
+        client: httpx.AsyncClient | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+        poll_s: float = 1.0,
+        batch: int = 100,
+    ) -> None:
+        self.outbox = outbox
+        self.destinations = dict(destinations)
+        self._own_client = client is None
+        self.client = client or httpx.AsyncClient(follow_redirects=False)
+        self.clock, self.sleep, self.poll_s, self.batch = clock, sleep, poll_s, batch
+        self.rng = rng or random.Random()
+        self._stopped = asyncio.Event()
+
+    def stop(self) -> None:
+        """End `run()` after its current pass (or cancel its task: nothing is lost either way,
+        a row interrupted mid-attempt is still pending and is sent again)."""
+        self._stopped.set()
+
+    async def aclose(self) -> None:
+        if self._own_client:
+            await self.client.aclose()
+
+    async def run(self) -> None:
+        """Deliver what is due, then sleep `poll_s`, until `stop()`; straight on only after a
+        full batch all delivered (more may be waiting). A failing outbox (the database away)
+        is logged and tried again: delivery waits, nothing is lost."""
+        while not self._stopped.is_set():
+            try:
+                delivered = await self.deliver_due()
+            except Exception:
+                log.exception("webhook delivery: the outbox failed; trying again")
+                delivered = 0
+            if delivered < self.batch and not self._stopped.is_set():
+                await self.sleep(self.poll_s)
+
+    async def deliver_due(self) -> int:
+        """One pass over the due rows, each attempted at most once; returns how many were
+        delivered. Destinations are served concurrently, each one's rows in the outbox's
+        order, until one fails."""
+        if not self.destinations:
+            return 0
+        taken = self.clock()
+        rows = await asyncio.to_thread(self.outbox.due, list(self.destinations), taken, self.batch)
+        queues: dict[str, list[Delivery]] = {}
+        for row in rows:
+            queues.setdefault(row.destination, []).append(row)
+        counts = await asyncio.gather(*(self._deliver_queue(q, taken) for q in queues.values()))
+        return sum(counts)
+
+    async def _deliver_queue(self, rows: list[Delivery], taken: datetime) -> int:
+        for delivered, row in enumerate(rows):
+            timeout = timedelta(seconds=self.destinations[row.destination].timeout_s)
+            if row.next_attempt_at > taken and self.clock() + timeout > row.next_attempt_at:
+                # the outbox lent the row until next_attempt_at (another server may take it
+                # after): one that could outlast the loan waits for the next pass
+                return delivered
+            if not await self.attempt(row):
+                # the receiver is failing: its other rows wait for the next pass rather than
+                # each spend a timeout (or hammer a receiver asking us to slow down) now
+                return delivered
+        return len(rows)
+
+    async def attempt(self, row: Delivery) -> bool:
+        """Send one row once and record the outcome; True when it was delivered."""
+        destination = self.destinations[row.destination]
+        now = self.clock()
+        content = body(row)
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "gd-detect-webhooks",
+            **webhooks.headers(message_id(row), now, content, destination.secrets),
+        }
+        status: int | None = None
+        retry_after: float | None = None
+        try:
+            async with self.client.stream(
+                "POST",
+                str(destination.url),
+                content=content,
+                headers=headers,
+                timeout=destination.timeout_s,
+            ) as response:  # the body is never read: a status is all a receiver says
+                status = response.status_code
+                retry_after = retry_after_s(response.headers.get("retry-after"), self.clock())
+        except httpx.TimeoutException:
+            error = f"no answer within {destination.timeout_s:g} s"
+        except httpx.HTTPError as e:
+            error = f"{type(e).__name__}: {e}"
+        else:
+            error = f"HTTP {status}"
+        done = self.clock()
+        if status is not None and 200 <= status < 300:
+            await asyncio.to_thread(self.outbox.delivered, row.id, done, status)
+            return True
+        attempt = row.attempts + 1
+        if status == 410 or attempt >= destination.max_attempts:
+            why = "the receiver answered 410 Gone" if status == 410 else f"attempt {attempt}"
+            log.warning("webhook %s to %s dead (%s): %s", row.id, row.destination, why, error)
+            await asyncio.to_thread(self.outbox.dead, row.id, done, error, status)
+            return False
+        wait = retry_after if retry_after is not None else backoff_s(attempt, destination, self.rng)
+        at = done + timedelta(seconds=wait)
+        await asyncio.to_thread(self.outbox.retry, row.id, at, error, status)
+        return False

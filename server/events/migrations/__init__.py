@@ -1,0 +1,1 @@
+"""The event store's Alembic migrations, run by `server.events.store.migrate` on open."""

@@ -1,0 +1,526 @@
+"""The event store: events, cameras and the alert outbox in SQLite (WAL) or PostgreSQL.
+
+Synchronous SQLAlchemy 2 Core; callers on the event loop run its methods in a thread
+(`server/events/service.py`). Opening migrates the database to the newest schema (Alembic,
+`migrations/`), so a new file or an empty PostgreSQL database is ready on first start.
+
+Every change of an event (`started`, `updated`, `ended`, `reviewed`) is handed to the
+`AlertPolicy`, if any, in the same transaction that writes it; the `Alert`s it returns become
+pending rows of the outbox (`deliveries`), so an event and what it owes commit together or
+not at all. The store is also the rules' `AlertHistory` (inside that transaction) and the
+deliverers' `Outbox` (server/events/types.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from server.events.schema import cameras, deliveries, events
+from server.events.types import AlertPolicy, Delivery, EventRecord, Review
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+# Two servers opening one PostgreSQL database at once migrate one after the other.
+MIGRATION_LOCK = 0x6764_6576  # "gdev"
+# How long `Outbox.due` holds the rows it hands out: no other deliverer (another server on the
+# same database) takes them meanwhile; a deliverer that dies leaves them due again after it.
+CLAIM = timedelta(seconds=60)
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+EventState = Literal["open", "ended"]
+ChangeKind = Literal["started", "updated", "ended", "reviewed"]
+
+
+class StoreError(Exception):
+    """The store cannot be opened (a bad URL, an unreachable server, an unknown schema)."""
+
+
+class CursorError(ValueError):
+    """A pagination cursor this store did not make."""
+
+
+@dataclass(frozen=True)
+class CameraRecord:
+    """A camera the server has seen, connected or not, as stored."""
+
+    id: str
+    first_seen: datetime
+    last_seen: datetime
+    connected: bool
+    fps: float  # the rate its frames arrive at, in its own clock (hello's until measured)
+    frames: int  # received in its current (or last) connection
+    drops: int  # of those, dropped under load
+    last_frame_at: datetime | None = None
+    top_label: str | None = None  # the newest clip's most probable action
+    top_score: float | None = None
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """`GET /v1/events`' filters; None: any. `since` <= start < `until`."""
+
+    camera_id: str | None = None
+    label: str | None = None
+    state: EventState | None = None
+    review: Review | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    min_confidence: float | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    events: list[EventRecord]
+    next_cursor: str | None  # None: this was the last page
+
+
+@dataclass(frozen=True)
+class Change:
+    """One event change, as committed (what the live feed sends)."""
+
+    change: ChangeKind
+    event: EventRecord
+
+
+def database_url(value: str) -> str:
+    """A SQLAlchemy URL from the setting: a URL as is (`postgresql://` uses psycopg 3), else
+    a SQLite file path (its folder made)."""
+    if "://" not in value:
+        path = Path(value).expanduser().resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{path}"
+    try:
+        url = make_url(value)
+    except ArgumentError as e:
+        raise StoreError(f"not a database URL: {e}") from None
+    if url.drivername in ("postgres", "postgresql"):
+        url = url.set(drivername="postgresql+psycopg")
+    return url.render_as_string(hide_password=False)
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparsable URL>"
+
+
+def make_engine(url: str) -> Engine:
+    engine = create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+        _sqlite_setup(engine)
+    return engine
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    """WAL (readers never wait for the writer), foreign keys, and transactions begun by us:
+    pysqlite's own BEGIN comes late, so a read-then-write transaction could fail at the write
+    ("database is locked") instead of waiting its turn. Writers BEGIN IMMEDIATE (take the
+    write lock first, waiting up to the busy timeout); readers a plain BEGIN."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")  # in WAL: durable across process kills
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        readonly = connection.get_execution_options().get("gd_readonly", False)
+        connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the database to the newest schema (from empty: create it), in one transaction."""
+    # alembic logs each of its plugins at INFO; "Running upgrade ..." stays
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+class _History:
+    """`AlertHistory` inside the transaction that writes the event."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def last_alert_at(self, camera_id: str, label: str, destination: str) -> datetime | None:
+        query = (
+            select(func.max(deliveries.c.created_at))
+            .join(events, events.c.id == deliveries.c.event_id)
+            .where(
+                events.c.camera_id == camera_id,
+                events.c.label == label,
+                deliveries.c.destination == destination,
+            )
+        )
+        return self.connection.execute(query).scalar()
+
+
+class EventStore:
+    """Thread-safe: every method takes its own connection from the engine's pool."""
+
+    def __init__(self, engine: Engine, policy: AlertPolicy | None = None) -> None:
+        self.engine, self.policy = engine, policy
+
+    @classmethod
+    def open(cls, url: str, policy: AlertPolicy | None = None) -> EventStore:
+        """Connect and migrate; a `StoreError` names the (password-less) URL and the cause."""
+        try:
+            engine = make_engine(url)
+        except (ArgumentError, ImportError) as e:
+            raise StoreError(f"event store {redacted(url)}: {e}") from None
+        try:
+            migrate(engine)
+        except Exception as e:  # alembic raises its own errors too (an unknown revision)
+            engine.dispose()
+            cause = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise StoreError(f"event store {redacted(url)}: {cause}") from e
+        return cls(engine, policy)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.begin() as connection:
+            yield connection
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as connection:
+            connection.execution_options(gd_readonly=True)
+            with connection.begin():
+                yield connection
+
+    # --- events --------------------------------------------------------------------------
+
+    def add_event(self, record: EventRecord, now: datetime) -> Change:
+        """A new event (`started`, or `ended` if it comes already ended)."""
+        with self._write() as connection:
+            connection.execute(insert(events).values(_event_row(record)))
+            change: ChangeKind = "started" if record.end is None else "ended"
+            self._changed(connection, record, change, now)
+        return Change(change, record)
+
+    def update_event(
+        self,
+        event_id: str,
+        now: datetime,
+        *,
+        confidence: float | None = None,
+        label: str | None = None,
+        class_id: int | None = None,
+        end: datetime | None = None,
+    ) -> Change | None:
+        """Running confidence (`updated`) or the end with the final label and confidence
+        (`ended`); None if the event is unknown (deleted meanwhile)."""
+        values: dict[str, Any] = {"confidence": confidence, "label": label, "class_id": class_id}
+        values = {k: v for k, v in values.items() if v is not None}
+        if end is not None:
+            values["end_at"] = end
+        change: ChangeKind = "ended" if end is not None else "updated"
+        return self._update(event_id, values, change, now)
+
+    def review(
+        self,
+        event_id: str,
+        now: datetime,
+        by: str,
+        review: Review | None = None,
+        note: str | None = None,
+        keep: bool | None = None,
+    ) -> Change | None:
+        """Acknowledge or mark false positive (`review`), add a note, keep forever; the
+        reviewer and the time are recorded. None if the event is unknown."""
+        values: dict[str, Any] = {"reviewed_by": by, "reviewed_at": now}
+        if review is not None:
+            values["review"] = review
+        if note is not None:
+            values["note"] = note
+        if keep is not None:
+            values["keep"] = keep
+        return self._update(event_id, values, "reviewed", now)
+
+    def _update(
+        self, event_id: str, values: dict[str, Any], change: ChangeKind, now: datetime
+    ) -> Change | None:
+        with self._write() as connection:
+            result = connection.execute(
+                update(events).where(events.c.id == event_id).values(**values)
+            )
+            if result.rowcount == 0:
+                return None
+            record = self._get(connection, event_id)
+            assert record is not None  # updated just now, in this transaction
+            self._changed(connection, record, change, now)
+        return Change(change, record)
+
+    def _changed(
+        self, connection: Connection, record: EventRecord, change: str, now: datetime
+    ) -> None:
+        """The alerts the rules owe for this change, into the outbox, in this transaction."""
+        if self.policy is None:
+            return
+        alerts = self.policy.alerts_for(record, change, _History(connection), now)
+        if alerts:
+            connection.execute(
+                insert(deliveries),
+                [
+                    {
+                        "event_id": record.id,
+                        "destination": a.destination,
+                        "kind": a.kind,
+                        "payload": a.payload,
+                        "state": "pending",
+                        "attempts": 0,
+                        "next_attempt_at": now,
+                        "created_at": now,
+                    }
+                    for a in alerts
+                ],
+            )
+
+    def repeat_alerts(self, since: datetime, now: datetime) -> int:
+        """Offer every event not yet reviewed that started at or after `since` to the rules
+        again (`repeat`: alerts repeat until acknowledged); how many were offered."""
+        if self.policy is None:
+            return 0
+        with self._write() as connection:
+            query = select(events).where(events.c.review == "new", events.c.start_at >= since)
+            rows = connection.execute(query).all()
+            for row in rows:
+                self._changed(connection, _event(row), "repeat", now)
+        return len(rows)
+
+    def get(self, event_id: str) -> EventRecord | None:
+        with self._read() as connection:
+            return self._get(connection, event_id)
+
+    def _get(self, connection: Connection, event_id: str) -> EventRecord | None:
+        row = connection.execute(select(events).where(events.c.id == event_id)).first()
+        return None if row is None else _event(row)
+
+    def open_events(self, camera_id: str) -> list[EventRecord]:
+        """The camera's events without an end, oldest first."""
+        query = (
+            select(events)
+            .where(events.c.camera_id == camera_id, events.c.end_at.is_(None))
+            .order_by(events.c.start_at, events.c.id)
+        )
+        with self._read() as connection:
+            return [_event(row) for row in connection.execute(query)]
+
+    def list_events(self, where: EventFilter, limit: int, cursor: str | None = None) -> Page:
+        """Newest first (start, then id: a stable order); `cursor` continues a listing."""
+        c = events.c
+        conditions = []
+        if where.camera_id is not None:
+            conditions.append(c.camera_id == where.camera_id)
+        if where.label is not None:
+            conditions.append(c.label == where.label)
+        if where.state is not None:
+            conditions.append(c.end_at.is_(None) if where.state == "open" else c.end_at.isnot(None))
+        if where.review is not None:
+            conditions.append(c.review == where.review)
+        if where.since is not None:
+            conditions.append(c.start_at >= where.since)
+        if where.until is not None:
+            conditions.append(c.start_at < where.until)
+        if where.min_confidence is not None:
+            conditions.append(c.confidence >= where.min_confidence)
+        if cursor is not None:
+            start, event_id = decode_cursor(cursor)
+            conditions.append(or_(c.start_at < start, and_(c.start_at == start, c.id < event_id)))
+        query = (
+            select(events)
+            .where(*conditions)
+            .order_by(c.start_at.desc(), c.id.desc())
+            .limit(limit + 1)
+        )
+        with self._read() as connection:
+            records = [_event(row) for row in connection.execute(query)]
+        more = len(records) > limit
+        records = records[:limit]
+        last = records[-1] if more else None
+        return Page(records, None if last is None else encode_cursor(last.start, last.id))
+
+    def delete_expired(self, before: datetime) -> int:
+        """Retention: delete ended events that started before `before`, except those kept
+        (and, with them, their deliveries). Returns how many events went."""
+        expired = and_(events.c.start_at < before, events.c.end_at.isnot(None), ~events.c.keep)
+        with self._write() as connection:
+            ids = select(events.c.id).where(expired)
+            # explicitly, not only by the foreign key: a SQLite opened elsewhere may lack it
+            connection.execute(delete(deliveries).where(deliveries.c.event_id.in_(ids)))
+            return connection.execute(delete(events).where(expired)).rowcount
+
+    # --- cameras -------------------------------------------------------------------------
+
+    def save_cameras(self, records: Iterable[CameraRecord]) -> None:
+        """Insert or update; a camera's `first_seen` stays its first."""
+        rows = [_camera_row(r) for r in records]
+        if not rows:
+            return
+        dialect = sqlite if self.engine.dialect.name == "sqlite" else postgresql
+        statement = dialect.insert(cameras)
+        kept = {"id", "first_seen"}
+        statement = statement.on_conflict_do_update(
+            index_elements=[cameras.c.id],
+            set_={c.name: statement.excluded[c.name] for c in cameras.c if c.name not in kept},
+        )
+        with self._write() as connection:
+            connection.execute(statement, rows)
+
+    def cameras(self) -> list[CameraRecord]:
+        with self._read() as connection:
+            rows = connection.execute(select(cameras).order_by(cameras.c.id))
+            return [CameraRecord(**row._mapping) for row in rows]
+
+    def camera(self, camera_id: str) -> CameraRecord | None:
+        with self._read() as connection:
+            row = connection.execute(select(cameras).where(cameras.c.id == camera_id)).first()
+        return None if row is None else CameraRecord(**row._mapping)
+
+    # --- the outbox (types.Outbox) -------------------------------------------------------
+
+    def due(self, destinations: Collection[str], now: datetime, limit: int) -> list[Delivery]:
+        """Pending rows for these destinations whose next attempt is due, oldest first; they
+        are claimed for `CLAIM` (their next attempt moves there) until marked."""
+        if not destinations:
+            return []
+        d = deliveries.c
+        query = (
+            select(deliveries)
+            .where(
+                d.state == "pending",
+                d.destination.in_(list(destinations)),
+                d.next_attempt_at <= now,
+            )
+            .order_by(d.id)
+            .limit(limit)
+        )
+        if self.engine.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)  # SQLite: one writer at a time
+        with self._write() as connection:
+            rows = [_delivery(row) for row in connection.execute(query)]
+            if rows:
+                connection.execute(
+                    update(deliveries)
+                    .where(d.id.in_([r.id for r in rows]))
+                    .values(next_attempt_at=now + CLAIM)
+                )
+        return [replace(r, next_attempt_at=now + CLAIM) for r in rows]
+
+    def delivered(self, delivery_id: int, now: datetime, status: int | None) -> None:
+        self._mark(delivery_id, state="delivered", delivered_at=now, last_status=status)
+
+    def retry(self, delivery_id: int, at: datetime, error: str, status: int | None) -> None:
+        self._mark(delivery_id, next_attempt_at=at, last_error=error, last_status=status)
+
+    def dead(self, delivery_id: int, now: datetime, error: str, status: int | None) -> None:
+        self._mark(delivery_id, state="dead", last_error=error, last_status=status)
+
+    def _mark(self, delivery_id: int, **values: Any) -> None:
+        """One attempt's outcome (each mark counts one attempt)."""
+        with self._write() as connection:
+            connection.execute(
+                update(deliveries)
+                .where(deliveries.c.id == delivery_id)
+                .values(attempts=deliveries.c.attempts + 1, **values)
+            )
+
+    def deliveries(self, event_id: str | None = None, limit: int = 100) -> list[Delivery]:
+        """The delivery log, newest first; one event's when `event_id` is given."""
+        query = select(deliveries).order_by(deliveries.c.id.desc()).limit(limit)
+        if event_id is not None:
+            query = query.where(deliveries.c.event_id == event_id)
+        with self._read() as connection:
+            return [_delivery(row) for row in connection.execute(query)]
+
+
+def encode_cursor(start: datetime, event_id: str) -> str:
+    raw = json.dumps([start.isoformat(), event_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        start, event_id = json.loads(raw)
+        when = datetime.fromisoformat(start)
+        if when.tzinfo is None or not isinstance(event_id, str):
+            raise ValueError
+        return when, event_id
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        raise CursorError("not a cursor of this listing (use next_cursor as given)") from None
+
+
+def _event_row(r: EventRecord) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "camera_id": r.camera_id,
+        "label": r.label,
+        "class_id": r.class_id,
+        "confidence": r.confidence,
+        "start_at": r.start,
+        "end_at": r.end,
+        "model_name": r.model_name,
+        "model_version": r.model_version,
+        "review": r.review,
+        "reviewed_by": r.reviewed_by,
+        "reviewed_at": r.reviewed_at,
+        "note": r.note,
+        "keep": r.keep,
+    }
+
+
+def _event(row: Any) -> EventRecord:
+    m = dict(row._mapping)
+    m["start"], m["end"] = m.pop("start_at"), m.pop("end_at")
+    return EventRecord(**m)
+
+
+def _camera_row(r: CameraRecord) -> dict[str, Any]:
+    return {f: getattr(r, f) for f in CameraRecord.__dataclass_fields__}
+
+
+def _delivery(row: Any) -> Delivery:
+    return Delivery(**row._mapping)

@@ -1,0 +1,74 @@
+"""What the retraining tests share: a tiny site (synthetic recordings with colour, a class the
+model lacks), its prepared cache, and a tiny starting bundle exported by gd-export's own code
+(tests/training/test_finetune.py, tests/e2e/test_retraining.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+# Fixtures for every test module (tests/conftest.py loads this file as a plugin): torch and
+# training are imported when a fixture runs, not when the suite starts.
+
+MODEL = ["sit down", "hopping", "drink water"]  # the tiny starting model's actions
+# The site's classes.txt: "leaves bed" is new, "touch head" of the synthetic labels is renamed
+# to it; "drink water" is the model's, absent from the site.
+SITE = ["leaves bed", "sit down", "stand up", "staggering", "hopping"]
+EXTENDED = [*MODEL, "leaves bed", "stand up", "staggering"]
+GEOMETRY = dict(clip_len=4, clip_step=4, window=3, window_step=2)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """Three synthetic recordings with colour; labels with a class the model lacks."""
+    from synth.cli import main as synth_main
+
+    root = tmp_path_factory.mktemp("site")
+    args = ["recordings", "--out", str(root), "--count", "3", "--color", "--size", "24x32",
+            "--color-size", "30x40", "--actions", "1", "2", "--workers", "1",
+            "--seed", "4"]  # fmt: skip
+    assert synth_main(args) == 0
+    labels = root / "labels.csv"
+    labels.write_text(labels.read_text().replace("touch head", "leaves bed"))
+    (root / "classes.txt").write_text("\n".join(SITE) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache(site, tmp_path_factory):
+    from training.prep import main as prep_main
+
+    out = tmp_path_factory.mktemp("cache") / "site"
+    args = ["--dataset", "recordings", "--root", str(site), "--out", str(out), "--size", "16x16",
+            "--flow", "farneback", "--workers", "1"]  # fmt: skip
+    assert prep_main(args) == 0
+    return out
+
+
+def tiny_checkpoint(cache_root, path, seed=0):
+    """A depth detector over MODEL with random weights, at the cache's frames."""
+    import torch
+
+    from core.clip import ClipSpec
+    from training.cache import Cache
+    from training.checkpoint import Architecture, Checkpoint, build_network, save_checkpoint
+
+    spec = ClipSpec.from_dict({**Cache(cache_root).meta["clip"], **GEOMETRY})
+    arch = Architecture("depth", spec.clip_len, width=4, num_classes=len(MODEL), hidden_size=8)
+    torch.manual_seed(seed)
+    net = build_network("detection", arch)
+    model = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    ckpt = Checkpoint("detection", arch, spec, ["background", *MODEL], model, {}, {}, {})
+    save_checkpoint(path, ckpt)
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def bundle(cache, tmp_path_factory):
+    """The tiny model exported by gd-export's own code: ONNX encoders and weights.pt."""
+    from export.onnx import write_bundle
+
+    root = tmp_path_factory.mktemp("bundle")
+    ckpt = tiny_checkpoint(cache, root / "start.pt")
+    (root / "tiny").mkdir()
+    write_bundle(ckpt, root / "start.pt", root / "tiny", "tiny", "1")
+    return root / "tiny"

@@ -1,0 +1,290 @@
+"""The event store on SQLite and on a real PostgreSQL: schema from empty, events, filters,
+pagination, review, retention, cameras and the outbox written with the event."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from server.events.schema import metadata
+from server.events.store import (
+    CLAIM,
+    CameraRecord,
+    CursorError,
+    EventFilter,
+    EventStore,
+    StoreError,
+    database_url,
+)
+from server.events.types import Alert, AlertHistory, EventRecord
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def record(n: int, **fields) -> EventRecord:
+    values = dict(
+        id=f"ev-{n:03d}",
+        camera_id=f"cam-{n % 2}",
+        label=("falling down", "sit down", "stand up")[n % 3],
+        class_id=n % 3 + 1,
+        confidence=round(0.3 + 0.05 * n, 3),
+        start=T0 + timedelta(seconds=10 * (n // 2)),  # pairs share a start: id breaks the tie
+        end=None if n % 4 == 0 else T0 + timedelta(seconds=10 * (n // 2) + 5),
+        model_name="tiny",
+        model_version="1",
+    )
+    return EventRecord(**{**values, **fields})
+
+
+@pytest.fixture
+def store(store_url):
+    s = EventStore.open(database_url(store_url))
+    yield s
+    s.close()
+
+
+def test_migrations_create_the_schema_from_empty(store_url):
+    url = database_url(store_url)
+    store = EventStore.open(url)
+    with store.engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), metadata)
+        version = connection.execute(sa.text("SELECT version_num FROM alembic_version")).all()
+    assert diff == []  # the migrations make exactly server/events/schema.py's tables
+    assert version == [("0001",)]
+    store.add_event(record(1), T0)
+    store.close()
+    again = EventStore.open(url)  # a second start migrates nothing and keeps the data
+    assert again.get("ev-001") == record(1)
+    again.close()
+
+
+def test_a_database_of_a_newer_schema_is_refused_with_its_url(store_url):
+    url = database_url(store_url)
+    EventStore.open(url).close()
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+    with pytest.raises(StoreError, match="9999"):
+        EventStore.open(url)
+
+
+def test_an_unreachable_database_is_a_store_error_without_the_password():
+    with pytest.raises(StoreError) as e:
+        EventStore.open(database_url("postgresql://gd:s3cret@/nodb?host=/nonexistent&port=1"))
+    assert "s3cret" not in str(e.value) and "***" in str(e.value)
+
+
+def test_an_event_starts_runs_and_ends(store):
+    start = store.add_event(record(0), T0)
+    assert start.change == "started" and store.get("ev-000") == record(0)
+    end_at = T0 + timedelta(seconds=3)
+    running = store.update_event("ev-000", T0, confidence=0.61)
+    assert running.change == "updated" and running.event.confidence == 0.61
+    ended = store.update_event(
+        "ev-000", end_at, confidence=0.55, label="sit down", class_id=2, end=end_at
+    )
+    assert ended.change == "ended"
+    expected = dataclasses.replace(
+        record(0), confidence=0.55, label="sit down", class_id=2, end=end_at
+    )
+    assert ended.event == expected == store.get("ev-000")
+    assert store.get("no-such-event") is None
+    assert store.update_event("no-such-event", T0, confidence=0.5) is None
+
+
+def test_review_records_who_when_and_what(store):
+    store.add_event(record(1), T0)
+    later = T0 + timedelta(minutes=5)
+    change = store.review("ev-001", later, "nurse-station", "acknowledged", "checked", keep=True)
+    assert change.change == "reviewed"
+    assert change.event == dataclasses.replace(
+        record(1),
+        review="acknowledged",
+        reviewed_by="nurse-station",
+        reviewed_at=later,
+        note="checked",
+        keep=True,
+    )
+    # a note alone keeps the decision
+    noted = store.review("ev-001", later, "night-shift", note="again")
+    assert noted.event.review == "acknowledged" and noted.event.note == "again"
+    assert store.review("no-such-event", later, "x", "acknowledged") is None
+
+
+FILTERS = [
+    EventFilter(),
+    EventFilter(camera_id="cam-1"),
+    EventFilter(label="sit down"),
+    EventFilter(state="open"),
+    EventFilter(state="ended", camera_id="cam-0"),
+    EventFilter(review="false_positive"),
+    EventFilter(since=T0 + timedelta(seconds=20), until=T0 + timedelta(seconds=50)),
+    EventFilter(min_confidence=0.65),
+]
+
+
+def matches(r: EventRecord, f: EventFilter) -> bool:
+    """The filters' meaning, said again in Python."""
+    return (
+        (f.camera_id is None or r.camera_id == f.camera_id)
+        and (f.label is None or r.label == f.label)
+        and (f.state is None or (r.end is None) == (f.state == "open"))
+        and (f.review is None or r.review == f.review)
+        and (f.since is None or r.start >= f.since)
+        and (f.until is None or r.start < f.until)
+        and (f.min_confidence is None or r.confidence >= f.min_confidence)
+    )
+
+
+def test_filters_and_pages_list_each_matching_event_once_in_a_stable_order(store):
+    records = [record(n) for n in range(12)]
+    for r in records:
+        store.add_event(r, T0)
+    for n in (3, 7):
+        store.review(f"ev-{n:03d}", T0, "x", "false_positive")
+    records = [store.get(r.id) for r in records]
+    newest_first = sorted(records, key=lambda r: (r.start, r.id), reverse=True)
+    for f in FILTERS:
+        expected = [r for r in newest_first if matches(r, f)]
+        assert expected, f  # every filter selects something, and (below) not everything
+        assert len(expected) < len(records) or f == EventFilter()
+        for limit in (1, 3, 100):
+            listed, cursor, pages = [], None, 0
+            while True:
+                page = store.list_events(f, limit, cursor)
+                listed += page.events
+                pages += 1
+                if page.next_cursor is None:
+                    break
+                cursor = page.next_cursor
+            assert listed == expected, (f, limit)
+            assert pages == -(-len(expected) // limit)
+
+
+def test_an_event_added_between_pages_does_not_shift_the_listing(store):
+    for n in range(6):
+        store.add_event(record(n), T0)
+    first = store.list_events(EventFilter(), 2)
+    store.add_event(record(99, start=T0 + timedelta(hours=1)), T0)  # newer than all
+    second = store.list_events(EventFilter(), 2, first.next_cursor)
+    everything = store.list_events(EventFilter(), 100).events
+    assert first.events + second.events == [r for r in everything if r.id != "ev-099"][:4]
+
+
+@pytest.mark.parametrize("cursor", ["not-a-cursor", "W10", "WyJ4IiwgMV0"])
+def test_a_foreign_cursor_is_refused(store, cursor):
+    with pytest.raises(CursorError):
+        store.list_events(EventFilter(), 10, cursor)
+
+
+def test_retention_deletes_old_ended_events_but_not_kept_or_open_ones(store):
+    old = T0 - timedelta(days=40)
+    store.add_event(record(1, id="old-ended", start=old, end=old + timedelta(seconds=5)), T0)
+    store.add_event(record(2, id="old-kept", start=old, end=old, keep=True), T0)
+    store.add_event(record(3, id="old-open", start=old, end=None), T0)
+    store.add_event(record(5, id="new-ended", start=T0, end=T0 + timedelta(seconds=1)), T0)
+    assert store.delete_expired(T0 - timedelta(days=30)) == 1
+    left = {r.id for r in store.list_events(EventFilter(), 100).events}
+    assert left == {"old-kept", "old-open", "new-ended"}
+    assert store.delete_expired(T0 - timedelta(days=30)) == 0
+
+
+def test_cameras_are_upserted_and_keep_their_first_sighting(store):
+    first = CameraRecord("door", T0, T0, True, 30.0, 10, 0, T0, "sit down", 0.4)
+    store.save_cameras([first, CameraRecord("bed", T0, T0, True, 15.0, 0, 0)])
+    later = T0 + timedelta(hours=1)
+    store.save_cameras([CameraRecord("door", later, later, False, 29.5, 99, 3, later)])
+    assert store.cameras() == [
+        CameraRecord("bed", T0, T0, True, 15.0, 0, 0),
+        CameraRecord("door", T0, later, False, 29.5, 99, 3, later),
+    ]
+    assert store.camera("door").first_seen == T0 and store.camera("nowhere") is None
+
+
+@dataclasses.dataclass
+class FallAlerts:
+    """A small real alert policy: falls alert `destination` when they start, at most once per
+    `cooldown` per camera (asked of the store's history); `broken` raises instead."""
+
+    destination: str = "pager"
+    cooldown: timedelta = timedelta(minutes=1)
+    broken: bool = False
+
+    def alerts_for(
+        self, event: EventRecord, change: str, history: AlertHistory, now: datetime
+    ) -> list[Alert]:
+        if self.broken:
+            raise RuntimeError("rules failed")
+        if change != "started" or event.label != "falling down":
+            return []
+        last = history.last_alert_at(event.camera_id, event.label, self.destination)
+        if last is not None and now - last < self.cooldown:
+            return []
+        return [Alert(self.destination, "alert.started", {"event": event.id})]
+
+
+def test_alerts_are_written_to_the_outbox_with_their_event(store):
+    store.policy = FallAlerts()
+    store.add_event(record(0, id="fall-1"), T0)  # falling down on cam-0
+    store.add_event(record(1, id="sit"), T0)  # not a fall
+    store.add_event(record(0, id="fall-2"), T0 + timedelta(seconds=30))  # cooling down
+    store.add_event(record(0, id="fall-3"), T0 + timedelta(seconds=61))
+    due = store.due(["pager"], T0 + timedelta(minutes=2), 10)
+    assert [(d.event_id, d.kind, d.payload, d.attempts) for d in due] == [
+        ("fall-1", "alert.started", {"event": "fall-1"}, 0),
+        ("fall-3", "alert.started", {"event": "fall-3"}, 0),
+    ]
+    assert [d.created_at for d in due] == [T0, T0 + timedelta(seconds=61)]
+
+
+def test_an_event_whose_rules_fail_is_not_written_without_its_alerts(store):
+    store.policy = FallAlerts(broken=True)
+    with pytest.raises(RuntimeError):
+        store.add_event(record(0), T0)
+    assert store.get(record(0).id) is None  # one transaction: neither or both
+
+
+def test_the_outbox_claims_due_rows_and_records_each_attempt(store):
+    store.policy = FallAlerts(cooldown=timedelta(0))
+    for n in range(3):
+        store.add_event(record(0, id=f"fall-{n}"), T0)
+    assert store.due(["elsewhere"], T0, 10) == [] and store.due([], T0, 10) == []
+    first = store.due(["pager"], T0, 2)
+    assert [d.event_id for d in first] == ["fall-0", "fall-1"]  # oldest first, `limit` rows
+    assert all(d.next_attempt_at == T0 + CLAIM for d in first)
+    # claimed: another deliverer gets only the third until the claim runs out
+    assert [d.event_id for d in store.due(["pager"], T0, 10)] == ["fall-2"]
+    a, b = first
+    store.delivered(a.id, T0 + timedelta(seconds=1), 200)
+    store.retry(b.id, T0 + timedelta(seconds=5), "HTTP 503", 503)
+    assert [d.event_id for d in store.due(["pager"], T0 + timedelta(seconds=4), 10)] == []
+    again = store.due(["pager"], T0 + timedelta(seconds=5), 10)
+    assert [(d.event_id, d.attempts, d.last_status) for d in again] == [("fall-1", 1, 503)]
+    store.dead(b.id, T0 + timedelta(seconds=6), "gave up", None)
+    log = {d.event_id: d for d in store.deliveries()}
+    assert (log["fall-0"].state, log["fall-0"].delivered_at) == (
+        "delivered",
+        T0 + timedelta(seconds=1),
+    )
+    assert (log["fall-1"].state, log["fall-1"].attempts, log["fall-1"].last_error) == (
+        "dead", 2, "gave up"
+    )  # fmt: skip
+    assert [d.event_id for d in store.deliveries("fall-1")] == ["fall-1"]
+    # the claim of fall-2 ran out: it is due again
+    assert [d.event_id for d in store.due(["pager"], T0 + CLAIM, 10)] == ["fall-2"]
+
+
+def test_retention_takes_an_events_deliveries_with_it(store):
+    store.policy = FallAlerts()
+    old = T0 - timedelta(days=40)
+    store.add_event(record(0, id="old-fall", start=old, end=None), old)
+    store.update_event("old-fall", old, end=old)
+    assert len(store.deliveries()) == 1
+    store.delete_expired(T0 - timedelta(days=30))
+    assert store.deliveries() == []
