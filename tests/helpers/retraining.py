@@ -17,16 +17,22 @@ EXTENDED = [*MODEL, "leaves bed", "stand up", "staggering"]
 GEOMETRY = dict(clip_len=4, clip_step=4, window=3, window_step=2)
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    """Three synthetic recordings with colour; labels with a class the model lacks."""
+def make_recordings(root):
+    """Three tiny synthetic site recordings (24x32 depth, 30x40 colour) with labels.csv and
+    classes.txt, written through librealsense's software device."""
     from synth.cli import main as synth_main
 
-    root = tmp_path_factory.mktemp("site")
     args = ["recordings", "--out", str(root), "--count", "3", "--color", "--size", "24x32",
             "--color-size", "30x40", "--actions", "1", "2", "--workers", "1",
             "--seed", "4"]  # fmt: skip
     assert synth_main(args) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """Three synthetic recordings with colour; labels with a class the model lacks."""
+    root = make_recordings(tmp_path_factory.mktemp("site"))
     labels = root / "labels.csv"
     labels.write_text(labels.read_text().replace("touch head", "leaves bed"))
     (root / "classes.txt").write_text("\n".join(SITE) + "\n")

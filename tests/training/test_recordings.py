@@ -17,24 +17,19 @@ from core.recording_labels import main as labels_main
 from core.recording_labels import parse_labels
 from synth.cli import main as synth_main
 from synth.site import COLOR_LAG_US
+from tests.helpers.retraining import GEOMETRY, make_recordings
 from training.cache import Cache
 from training.data import DetectionWindows, Normalizer, clip_spec, subset_samples
 from training.datasets.recordings import split
 from training.prep import PrepSettings, fit_rgb, main, prepare
 
 SIZE = (16, 16)  # the model's input: the recordings are 24x32, so depth is reduced
-GEOMETRY = dict(clip_len=4, clip_step=4, window=3, window_step=2)
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    """Three synthetic site recordings with colour, labels.csv and classes.txt."""
-    root = tmp_path_factory.mktemp("site")
-    args = ["recordings", "--out", str(root), "--count", "3", "--color", "--size", "24x32",
-            "--color-size", "30x40", "--actions", "1", "2", "--workers", "1",
-            "--seed", "4"]  # fmt: skip
-    assert synth_main(args) == 0
-    return root
+    """Three synthetic site recordings with colour, labels.csv and classes.txt (as made)."""
+    return make_recordings(tmp_path_factory.mktemp("site"))
 
 
 def settings(root, modalities=("depth", "rgb", "flow")):
