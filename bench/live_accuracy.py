@@ -190,6 +190,7 @@ def start_server(args: argparse.Namespace, max_streams: int, token_file: Path) -
 
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GD_LOG_LEVEL": "warning"}
+    env["GD_DATA_DIR"] = str(Path(args.out).resolve() / "server-data")  # its own event store
     if args.score_delay is not None and score_delay_route() == "env":
         env["GD_SCORE_DELAY"] = str(args.score_delay)
     cmd = [

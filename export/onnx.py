@@ -138,7 +138,20 @@ def _export(
         out_dims[i].dim_param = name
     del model.graph.value_info[:]  # intermediate shapes carry the same stale sizes
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    onnx.save(model, path)
+    onnx.save(strip_stack_traces(model), path)
+
+
+STACK_TRACE = "pkg.torch.onnx.stack_trace"
+
+
+def strip_stack_traces(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the exporter's per-node Python stack traces: they name files on the machine that
+    exported (a bundle carries no absolute paths) and nothing reads them."""
+    for node in model.graph.node:
+        kept = [p for p in node.metadata_props if p.key != STACK_TRACE]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    return model
 
 
 @contextlib.contextmanager

@@ -48,6 +48,7 @@ from synth.generate import (
     detection_video,
     generate_many,
 )
+from synth.scene import SceneError
 from synth.subjects import DEFAULT_DIFFICULTY
 
 NTU_SETUPS = 17
@@ -58,7 +59,9 @@ SAMPLE_NAME = "sample"
 SAMPLE_SEED = 1000
 SAMPLE_SUBJECT = 3  # a cross-subject test performer (not in XSUB_TRAIN_60)
 SAMPLE_DIFFICULTY = 0.1
-SAMPLE_SIZE = (64, 64)  # the default model's training frames (H, W)
+# The default model's training frames: a RealSense D435 in VGA mode at a quarter of its size.
+SAMPLE_CAMERA = "d435-vga"
+SAMPLE_SIZE = (120, 160)  # (H, W)
 
 
 def write_classification(root: str, name: str, modalities: tuple[str, ...], **sample) -> str:
@@ -305,11 +308,18 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"0 = clean, 1 = hardest (default {SAMPLE_DIFFICULTY}, the default model's)",
     )
     s.add_argument(
+        "--camera",
+        choices=tuple(CAMERAS),
+        default=SAMPLE_CAMERA,
+        help=f"depth camera profile to render as (default {SAMPLE_CAMERA}, the default model's)",
+    )
+    s.add_argument(
         "--size",
         type=frame_size,
         default=SAMPLE_SIZE,
         metavar="HxW",
-        help="depth frame size (default 64x64, the default model's)",
+        help="depth frame size, with the camera's aspect ratio (default "
+        f"{SAMPLE_SIZE[0]}x{SAMPLE_SIZE[1]}, the default model's training frames)",
     )
     s.add_argument(
         "--format",
@@ -326,9 +336,11 @@ def write_sample(args: argparse.Namespace) -> Path:
     `OUT/label/sample.txt` (PKU-MMD label format, what `gd-eval --gt` reads)."""
     from core.realsense import record_depth  # needs pyrealsense2: only for .db3
 
+    camera = camera_profile(args.camera)
+    camera.check_size(args.size)
     rec = detection_video(
         seed=args.seed, subject=SAMPLE_SUBJECT, camera=2, n_actions=args.actions,
-        size=args.size, difficulty=args.difficulty,
+        size=args.size, difficulty=args.difficulty, depth_fov=camera.fov,
     )  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{SAMPLE_NAME}.{args.format}"
@@ -353,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         try:
             path = write_sample(args)
+        except SceneError as e:  # a --size without the camera's aspect ratio
+            print(f"gd-synth: error: {e}", file=sys.stderr)
+            return 2
         except ValueError as e:  # RealSenseError: no pyrealsense2
             print(f"gd-synth: error: {e}; or write --format npz", file=sys.stderr)
             return 2

@@ -78,7 +78,7 @@ def test_sample_upload_score_and_plot(gd_serve, tmp_path):
     uploaded = run("gd-upload", "runs/sample/sample.db3", "--url", gd_serve, "--token", DEV_TOKEN,
                    "--pred", "runs/pred", cwd=tmp_path)  # fmt: skip
     table = uploaded.stdout.splitlines()
-    assert re.fullmatch(r"sample\.db3: \d+ frames 64x64, [\d.]+ s, \d+ clips; model default .*",
+    assert re.fullmatch(r"sample\.db3: \d+ frames 160x120, [\d.]+ s, \d+ clips; model default .*",
                         table[0]), table[0]  # fmt: skip
     detections = len(table) - 2  # the header line and the column titles
     assert f"wrote {detections} detections to runs/pred/sample.txt" in uploaded.stderr

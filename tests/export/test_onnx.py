@@ -21,6 +21,7 @@ from export.cli import main, trained_threshold
 from export.evaluate import CacheClips
 from export.onnx import (
     PARITY_TOLERANCE,
+    STACK_TRACE,
     ExportError,
     ParityError,
     check_checkpoint,
@@ -186,6 +187,10 @@ def test_portable_paths(text, want):
     assert absolute_paths({"k": [want]}) == []
 
 
+def stack_traces(model: onnx.ModelProto) -> list[str]:
+    return [n.name for n in model.graph.node for p in n.metadata_props if p.key == STACK_TRACE]
+
+
 @pytest.mark.slow
 def test_an_export_records_no_folder_of_this_machine(tmp_path, monkeypatch, caplog):
     work = tmp_path.resolve()
@@ -205,6 +210,8 @@ def test_an_export_records_no_folder_of_this_machine(tmp_path, monkeypatch, capl
     assert training["command"] == [".venv/bin/gd-train", "pipeline", "--workdir", "runs"]
     assert (training["cache"], training["checkpoint"]) == (".../pku", "c.pt")
     assert "made machine paths portable" not in caplog.text  # gd-export wrote them so
+    for path in (work / "b").glob("*.onnx"):  # the exporter's stack traces name source files
+        assert not stack_traces(onnx.load(path)), path.name
     verify_bundle(work / "b")
 
 

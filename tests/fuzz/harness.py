@@ -185,6 +185,8 @@ class ServerProcess:
         self.client = httpx.Client(base_url=self.url, timeout=REQUEST_TIMEOUT_S)
         env = {**os.environ, **settings_env(self.settings), "GD_PORT": str(self.port)}
         env["PYTHONPATH"] = str(ROOT)
+        # Its event store beside its log, not the checkout's data/ that `make run` shows.
+        env["GD_DATA_DIR"] = str(self.log_path.parent / "server-data")
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "server.cli"], cwd=ROOT, env=env, stdout=log, stderr=log
