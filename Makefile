@@ -33,21 +33,26 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
+# On every core (pytest-xdist; tests/conftest.py keeps a module's tests, and the modules sharing
+# an expensive session fixture, on one worker). Bytecode and pytest's rewritten test modules
+# are cached even where PYTHONDONTWRITEBYTECODE is set: compiling them again cost each worker
+# 6 CPU seconds, about twice what importing torch does (docs/testing.md, "The suite's time").
+PYTEST := PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -n auto
 test: setup
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
-# The edit-run loop: everything but the tests marked slow (over a few seconds: training, exports
-# through torch, subprocess pipelines and servers, the fuzz tier); `make test` runs them all.
-# TESTS=tests/core narrows it to the part being edited.
+# The edit-run loop: everything but the tests marked slow (over about a second: training,
+# exports through torch, subprocess pipelines and servers, the fuzz tier); `make test` runs them
+# all. TESTS=tests/core narrows it to the part being edited.
 TESTS ?=
 test-fast: setup
-	$(BIN)/python -m pytest -q -n auto -m "not slow" $(TESTS)
+	$(PYTEST) -q -m "not slow" $(TESTS)
 
 # The floating-point comparisons again on one thread: their tolerances hold for any summation
 # order, so the result must not depend on how many threads split a sum. `make test` runs them
 # on every core; CI runs this after it.
 test-threads: setup
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -q -m numerics
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PYTEST) -q -m numerics
 
 # Mutation checks of core/ (docs/testing.md), CI's long tier: 60 sampled mutants (a flipped
 # comparison, a constant +-1, ...) applied one at a time to a temporary copy, tests/core run on

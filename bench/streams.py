@@ -18,6 +18,16 @@ one asyncio process send frames in real time, their starts spread over one clip 
 and rate: 112x112 at 10 fps) and `raw` (640x480 at 30 fps). Latency is from sending the
 frame that completes a clip to receiving that clip's `scores` event. N grows until p99 >=
 100 ms, frames are dropped, clips are lost or the clients fall behind.
+
+The event path's cost (issue 13, item 8; docs/results.md):
+
+    .venv/bin/python bench/streams.py --event-path [--rounds 2] [--seconds 5]
+
+runs gd-serve with the event path off (`GD_EVENTS_DB=off`) and on (a SQLite event store, an
+alert rules file that alerts on every action, and a webhook receiver on loopback, in a
+subprocess, that verifies each signed delivery), alternating off/on, on/off, ... in one run.
+Each arm measures the server's CPU at a fixed number of streams, then finds the most streams
+it sustains by bisection over a grid of 8; the summary gives the ratios.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +59,7 @@ from core.wire import pack_header  # noqa: E402
 TARGET_P99_S = 0.100
 N_ACTIONS = 51
 RAW = (480, 640, 30.0)  # height, width, fps
+START_S = 180.0  # a server's start, on a machine that may be busy with other jobs
 
 
 # --- the model ---------------------------------------------------------------------------
@@ -175,6 +186,8 @@ class Step:
     other_cpu: float = 0.0  # cores other processes of the machine used meanwhile
     model_share: float | None = None  # of the server's CPU time, in model runs
     server_p99: float | None = None  # bound from gd-serve's own latency histogram
+    server_clips: int = 0  # clips gd-serve scored during the step
+    wall: float = 0.0  # seconds the step took
 
     def p(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) if self.latencies else float("inf")
@@ -327,6 +340,9 @@ async def run_step(server: Server, mode: str, n: int, spec: ClipSpec, seconds: f
         model = model_seconds(metrics1) - model_seconds(metrics0)
         step.model_share = model / (step.server_cpu * wall)
         step.server_p99 = server_p99(metrics0, metrics1)
+        clips = "gd_clip_latency_seconds_count"
+        step.server_clips = round(metrics1.get(clips, 0) - metrics0.get(clips, 0))
+    step.wall = wall
     return step
 
 
@@ -386,13 +402,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(kind: str, bundle: Path, threads: int = 0) -> Server:
+def start(
+    kind: str, bundle: Path, threads: int = 0, env_extra: dict[str, str] | None = None
+) -> Server:
     port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "GD_MAX_STREAMS": "512",
         "GD_LOG_LEVEL": "warning",
+        **(env_extra or {}),
     }
     if kind == "gd-serve":
         cmd = [sys.executable, "-m", "server.cli", "--model", str(bundle), "--port", str(port),
@@ -400,16 +419,23 @@ def start(kind: str, bundle: Path, threads: int = 0) -> Server:
     else:
         cmd = [sys.executable, __file__, "--naive-server", str(bundle), "--port", str(port)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
+    wait_listening(proc, port, kind)
+    return Server(kind, proc, f"ws://127.0.0.1:{port}/v1/stream")
+
+
+def wait_listening(proc: subprocess.Popen, port: int, what: str) -> None:
+    """Until `proc` listens on `port`; one that has not after START_S is killed."""
+    deadline = time.monotonic() + START_S
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
+            return
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{kind} did not start") from None
+                proc.kill()
+                proc.wait()
+                raise RuntimeError(f"{what} did not start within {START_S:g} s") from None
             time.sleep(0.2)
-    return Server(kind, proc, f"ws://127.0.0.1:{port}/v1/stream")
 
 
 def stop(server: Server) -> None:
@@ -421,6 +447,221 @@ def stop(server: Server) -> None:
         server.proc.wait()
 
 
+# --- the event path's cost (event store + alert rules + a webhook receiver, on against off) --
+
+EVENT_GRID = list(range(8, 257, 8))  # stream counts the bisection chooses from
+SECRET_ENV = "GD_BENCH_WEBHOOK_SECRET"
+
+
+def webhook_receiver(port: int) -> None:
+    """A webhook endpoint (its own process): verifies each delivery's signature and answers
+    204; `GET /count` says how many came, valid and not."""
+    from datetime import UTC, datetime
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import ClientDisconnect, Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    from server.events.webhooks import WebhookVerificationError, verify
+
+    secret = os.environ[SECRET_ENV]
+    counts = {"valid": 0, "invalid": 0}
+
+    async def hook(request: Request) -> Response:
+        try:
+            verify(await request.body(), request.headers, [secret], datetime.now(UTC))
+            counts["valid"] += 1
+        except WebhookVerificationError:
+            counts["invalid"] += 1
+        except ClientDisconnect:  # a server stopping mid-delivery: it sends again later
+            pass
+        return Response(status_code=204)
+
+    async def count(request: Request) -> JSONResponse:
+        return JSONResponse(counts)
+
+    app = Starlette(routes=[Route("/hook", hook, methods=["POST"]), Route("/count", count)])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+
+
+@dataclass
+class Receiver:
+    proc: subprocess.Popen
+    url: str
+    secret: str
+
+    def counts(self) -> dict[str, int]:
+        import httpx
+
+        return httpx.get(self.url.replace("/hook", "/count")).json()
+
+
+def start_receiver() -> Receiver:
+    from server.events.webhooks import new_secret
+
+    port, secret = free_port(), new_secret()
+    cmd = [sys.executable, __file__, "--webhook-receiver", "--port", str(port)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), SECRET_ENV: secret}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    wait_listening(proc, port, "the webhook receiver")
+    return Receiver(proc, f"http://127.0.0.1:{port}/hook", secret)
+
+
+def write_rules(path: Path, bundle: ModelBundle, receiver: Receiver) -> Path:
+    """Alert rules that alert the receiver on every action of the model, whatever its
+    confidence: the most alerts the event path can owe."""
+    import yaml
+
+    rules = {
+        "destinations": {"bench": {"url": receiver.url, "secrets": [receiver.secret]}},
+        "rules": [
+            {
+                "name": "every action",
+                "labels": list(bundle.classes[1:]),
+                "min_confidence": 0.0,
+                "destinations": ["bench"],
+            }
+        ],
+    }
+    path.write_text(yaml.safe_dump(rules))
+    return path
+
+
+def store_counts(db: Path) -> tuple[int, dict[str, int]]:
+    """Events, and deliveries by state, in an arm's SQLite store (after its server stopped)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        rows = conn.execute("SELECT state, count(*) FROM deliveries GROUP BY state").fetchall()
+    return events, dict(rows)
+
+
+def store_costs(tmp: Path, rules: Path, bundle: ModelBundle, cameras: int = 64) -> None:
+    """CPU milliseconds of the store calls the event path makes (SQLite, in this process),
+    with the alert rules and without: what a stream costs the store's thread each second
+    (an open event's running confidence, its camera's state) and what the deliverer's poll
+    costs (once a second, whatever the streams)."""
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from server.events.rules import AlertRules
+    from server.events.store import CameraRecord, EventStore, database_url
+    from server.events.types import EventRecord
+
+    def ms(call, n: int) -> float:
+        start = time.process_time()
+        for k in range(n):
+            call(k)
+        return 1000 * (time.process_time() - start) / n
+
+    def measure(policy: AlertRules | None) -> str:
+        store = EventStore.open(database_url(str(tmp / f"costs-{policy is None}.db")), policy)
+        now = datetime.now(UTC)
+        ids = []
+        for i in range(cameras):
+            record = EventRecord(str(uuid.uuid4()), f"cam-{i}", bundle.classes[1], 1, 0.5, now,
+                                 None, "bench", "0")  # fmt: skip
+            store.add_event(record, now)
+            ids.append(record.id)
+        states = [CameraRecord(f"cam-{i}", now, now, True, 10.0, 0, 0) for i in range(cameras)]
+        later, long_ago = now + timedelta(seconds=1), now - timedelta(days=1)
+        update = ms(lambda k: store.update_event(ids[k % cameras], later, confidence=0.5), 500)
+        save = ms(lambda k: store.save_cameras(states), 20) / cameras
+        due = ms(lambda k: store.due(["bench"], long_ago, 100), 100)
+        store.close()
+        return (f"running confidence (update_event) {update:.2f}, a camera's state "
+                f"{save:.3f}, the deliverer's poll (nothing due) {due:.2f}")  # fmt: skip
+
+    rules_on = AlertRules.load(rules, bundle.classes[1:])
+    print(f"store CPU ms, with the alert rules: {measure(rules_on)}", flush=True)
+    print(f"store CPU ms, without them:        {measure(None)}", flush=True)
+
+
+def bisect_streams(
+    server: Server, mode: str, grid: list[int], spec: ClipSpec, seconds: float
+) -> int:
+    """The most streams of `grid` the server sustains, by bisection (passing is taken to be
+    monotonic in N); 0 when even the first fails."""
+    passed, failed = -1, len(grid)  # indexes: grid[passed] passed, grid[failed] failed
+    while failed - passed > 1:
+        mid = (passed + failed) // 2
+        step = asyncio.run(run_step(server, mode, grid[mid], spec, seconds))
+        report(step)
+        passed, failed = (mid, failed) if step.ok else (passed, mid)
+    return grid[passed] if passed >= 0 else 0
+
+
+@dataclass
+class Arm:
+    events: bool  # the event path on
+    streams: int = 0  # the most sustained
+    cpu_per_clip: float = 0.0  # server CPU seconds per clip scored, at the fixed count
+
+
+def event_path(
+    bundle: ModelBundle,
+    tmp: Path,
+    rounds: int,
+    mode: str,
+    cost_streams: int,
+    grid: list[int],
+    seconds: float,
+    threads: int,
+) -> list[Arm]:
+    """Off and on, alternating (off/on, then on/off, ...: a drift in the machine's load
+    weighs on both alike); every arm on a fresh server."""
+    receiver = start_receiver()
+    rules = write_rules(tmp / "alerts.yaml", bundle, receiver)
+    store_costs(tmp, rules, bundle)
+    arms: list[Arm] = []
+    try:
+        for r in range(rounds):
+            for on in (False, True) if r % 2 == 0 else (True, False):
+                db = tmp / f"events-{r}.db"
+                env = {"GD_EVENTS_DB": str(db), "GD_ALERT_RULES": str(rules)} if on else {}
+                server = start("gd-serve", bundle.root, threads, env or {"GD_EVENTS_DB": "off"})
+                server = replace(server, kind="events-on" if on else "events-off")
+                arm = Arm(on)
+                try:
+                    step = asyncio.run(run_step(server, mode, cost_streams, bundle.clip, seconds))
+                    report(step)
+                    arm.cpu_per_clip = step.server_cpu * step.wall / max(step.server_clips, 1)
+                    arm.streams = bisect_streams(server, mode, grid, bundle.clip, seconds)
+                finally:
+                    stop(server)
+                arms.append(arm)
+                if on:
+                    events, deliveries = store_counts(db)
+                    print(f"  round {r}: {events} events stored; deliveries by state "
+                          f"{json.dumps(deliveries)}; the receiver got, so far, "
+                          f"{json.dumps(receiver.counts())}", flush=True)  # fmt: skip
+    finally:
+        stop(Server("receiver", receiver.proc, receiver.url))
+    return arms
+
+
+def summarize(arms: list[Arm]) -> str:
+    """Each arm's figures and the ratios on/off: of sustained streams (sums over the rounds)
+    and of the server's CPU per clip scored at the fixed count (means)."""
+    off = [a for a in arms if not a.events]
+    on = [a for a in arms if a.events]
+    streams_off, streams_on = sum(a.streams for a in off), sum(a.streams for a in on)
+    ratio = streams_on / streams_off if streams_off else float("nan")
+    ms_off = [round(1000 * a.cpu_per_clip, 2) for a in off]
+    ms_on = [round(1000 * a.cpu_per_clip, 2) for a in on]
+    cost = (sum(ms_on) / len(ms_on)) / (sum(ms_off) / len(ms_off))
+    return "\n".join([
+        f"sustained streams, event path off: {[a.streams for a in off]}; "
+        f"on: {[a.streams for a in on]}",
+        f"on/off: {ratio:.3f} ({100 * (1 - ratio):.1f} % fewer streams; target: at most 10 %)",
+        f"server CPU per clip scored at the fixed count, ms: off {ms_off}, on {ms_on}; "
+        f"means on/off {cost:.3f}",
+    ])  # fmt: skip
+
+
 # --- main ----------------------------------------------------------------------------------
 
 
@@ -429,7 +670,7 @@ def report(step: Step) -> None:
     srv = "" if step.server_p99 is None else f"<={1000 * step.server_p99:.0f}"
     lost = step.clips_expected - len(step.latencies)
     print(
-        f"{step.server:9s} {step.mode:8s} {step.streams:4d} | {1000 * step.p(50):7.1f} "
+        f"{step.server:10s} {step.mode:8s} {step.streams:4d} | {1000 * step.p(50):7.1f} "
         f"{1000 * step.p(99):7.1f} {srv:>6s} | {len(step.latencies):6d} {lost:5d} "
         f"{step.dropped:6d} {step.late_frames:6d} | {step.server_cpu:5.2f} {share:>6s} "
         f"{step.client_cpu:5.2f} {step.other_cpu:5.2f} | "
@@ -459,21 +700,55 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--threads", type=int, default=0, help="gd-serve inference threads (0: its default)"
     )
+    p.add_argument(
+        "--event-path",
+        action="store_true",
+        help="gd-serve with the event store, alert rules and a webhook receiver, against "
+        "without, alternating (--modes: its first; --counts: the grid it bisects)",
+    )
+    p.add_argument("--rounds", type=int, default=2, help="--event-path: off/on pairs")
+    p.add_argument(
+        "--cost-streams",
+        type=int,
+        default=32,
+        help="--event-path: the stream count at which each arm's server CPU is measured",
+    )
+    p.add_argument(
+        "--model", type=Path, help="a model bundle for gd-serve instead of the random network"
+    )
     p.add_argument("--naive-server", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--webhook-receiver", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.naive_server:
         naive_server(args.naive_server, args.port)
         return 0
+    if args.webhook_receiver:
+        webhook_receiver(args.port)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = build_bundle(Path(tmp) / "bundle")
+        if args.model is not None:
+            bundle = load_bundle(args.model)
+            about = f"{bundle.name} {bundle.version}"
+        else:
+            bundle = build_bundle(Path(tmp) / "bundle")
+            about = "random ResNet-18 w32"
         spec = bundle.clip
         seconds = 4.0 if args.quick else args.seconds
-        print(f"model: random ResNet-18 w32 {spec.height}x{spec.width}, T_c={spec.clip_len}, "
-              f"T_w={spec.window}; {os.cpu_count()} CPUs; {seconds:g} s per step")  # fmt: skip
+        print(f"model: {about} {spec.height}x{spec.width}, T_c={spec.clip_len}, "
+              f"T_w={spec.window}; {os.cpu_count()} CPUs; {seconds:g} s per step; "
+              f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")  # fmt: skip
         unit_costs(bundle)
-        print("server    mode     N    |  p50 ms  p99 ms srv99 |  clips  lost  drops   late | "
+        print("server     mode     N    |  p50 ms  p99 ms srv99 |  clips  lost  drops   late | "
               "srvCPU model% cliCPU other")  # fmt: skip
+        if args.event_path:
+            grid = args.counts or EVENT_GRID
+            arms = event_path(bundle, Path(tmp), args.rounds, args.modes[0], args.cost_streams,
+                              grid, seconds, args.threads)  # fmt: skip
+            print()
+            print(summarize(arms))
+            print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+            return 0
         plans = {
             ("gd-serve", "reduced"): [16, 32, 64, 96, 128, 160, 192],
             ("gd-serve", "raw"): [8, 16, 24, 32, 40, 48, 64],
@@ -494,7 +769,7 @@ def main(argv: list[str] | None = None) -> int:
                 stop(server)
         print()
         for (kind, mode), n in best.items():
-            print(f"{kind:9s} {mode:8s}: {n:4d} streams at p99 < 100 ms")
+            print(f"{kind:10s} {mode:8s}: {n:4d} streams at p99 < 100 ms")
     return 0
 
 

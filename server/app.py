@@ -8,6 +8,7 @@ or token setup fails at start-up with its own message rather than on the first r
                       admin.py (POST /v1/admin/reload, admin tokens),
                       events.py (/v1/events, /v1/cameras: the event store, docs/events.md)
                       dashboard.py (GET /: the dashboard page, docs/dashboard.md)
+                      preview.py (GET /v1/cameras/{id}/preview: --preview's depth image)
     server/schemas.py       the REST bodies        server/errors.py    the JSON error answers
     server/dependencies.py  service, settings and the token check, for `Depends`
     server/multipart.py     the upload body, read into memory as it streams in
@@ -26,7 +27,7 @@ from server import errors, querytokens
 from server.dependencies import require_admin, require_token
 from server.events.mqtt import publisher_from_settings
 from server.events.service import EventService
-from server.routers import admin, dashboard, detections, events, model, ops, stream
+from server.routers import admin, dashboard, detections, events, model, ops, preview, stream
 from server.schemas import ERRORS
 from server.service import Service
 from server.settings import Settings
@@ -83,7 +84,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type"],
         )
     errors.add_handlers(app)
-    routers = [model.router, detections.router]
+    routers = [model.router, detections.router, preview.router]
     if events_service is not None:
         routers.append(events.router)
     for router in routers:

@@ -1,6 +1,6 @@
 """Every error answer is JSON `{"error": {"code", "message"}}`: `ApiError` and the upload
 decoders' errors with their own status, request validation as 400, unknown routes and methods
-as 404 / 405, and the server's own faults as 500."""
+as 404 / 405, the event store's database away as 503, and the server's own faults as 500."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import uploads
+from server.events.store import StoreUnavailable
 
 
 class ApiError(Exception):
@@ -40,6 +42,14 @@ def add_handlers(app: FastAPI) -> None:
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
         )
         return error_response(400, "bad_request", problems)
+
+    @app.exception_handler(StoreUnavailable)
+    @app.exception_handler(OperationalError)
+    async def store_away(request: Request, e: Exception) -> JSONResponse:
+        # The database is stopped, unreachable, full or read-only: the streams go on and the
+        # call may be tried again (/readyz says "degraded" meanwhile).
+        message = "the event store's database is unavailable just now; try again shortly"
+        return error_response(503, "events_db_unavailable", message)
 
     @app.exception_handler(Exception)
     async def server_fault(request: Request, e: Exception) -> JSONResponse:

@@ -26,6 +26,7 @@ from server.batcher import MicroBatcher
 from server.engine import Engine, load_engine
 from server.eventbus import EventBus
 from server.metrics import Metrics
+from server.preview import PreviewStore
 from server.recording_worker import RecordingDecoder, remove_stale_spool_files
 from server.settings import Settings
 
@@ -65,6 +66,7 @@ class Service:
     # The batchers of the two encoders, made here and started by `start` (with the event loop).
     visual: MicroBatcher = field(init=False)
     sequence: MicroBatcher = field(init=False)
+    previews: PreviewStore | None = field(init=False)  # --preview: the cameras' newest frames
     active_streams: int = 0
     draining: bool = False
     reloads: int = 0  # successful ones
@@ -98,6 +100,9 @@ class Service:
         self.sequence = MicroBatcher(
             None, self.model_executor, s.max_batch, wait, m.batch_observer("sequence_encoder")
         )
+        self.previews = PreviewStore() if s.preview else None
+        if self.previews is not None:
+            self.bus.subscribe(self.previews)  # a camera's frame goes when its stream ends
 
     @classmethod
     def load(cls, settings: Settings) -> Service:

@@ -219,6 +219,14 @@ class Settings:
     mqtt_discovery: Annotated[
         bool, Field(description="publish Home Assistant MQTT discovery configs")
     ] = True
+    # Off by default: a picture of a room, even in depth, is for the operator to allow.
+    preview: Annotated[
+        bool,
+        Field(
+            description="keep each streaming camera's newest frame in memory and answer it as "
+            "a small colorized depth image (GET /v1/cameras/{id}/preview, the dashboard)"
+        ),
+    ] = False
     log_level: Annotated[LogLevel, Field(description="log level")] = "info"
     demo: Annotated[
         bool, Field(description="stream a synthetic scene into this server and log detections")

@@ -511,6 +511,8 @@ class StreamSession:
             if self.hello.depth_units != MILLIMETRES:
                 image = to_millimetres(image, self.hello.depth_units)
             frame.image = self.preprocessors[image.shape](image)
+            if self.service.previews is not None:  # --preview: the newest, in memory only
+                self.service.previews.keep(self.hello.camera_id, frame.image, self.spec)
             frame.payload = memoryview(b"")  # the bytes are no longer needed
         return frame.image
 

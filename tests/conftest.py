@@ -4,8 +4,36 @@ never load the server."""
 
 import pytest
 
-# the retraining fixtures (a tiny site, its cache, a starting bundle): tests/helpers/retraining.py
-pytest_plugins = ["tests.helpers.retraining"]
+# the retraining fixtures (a tiny site, its cache, a starting bundle, that bundle fine-tuned):
+# tests/helpers/retraining.py; headless Chromium and a page in it: tests/helpers/browser.py
+pytest_plugins = ["tests.helpers.retraining", "tests.helpers.browser"]
+
+# Modules that share an expensive session fixture (one export, one gd-serve, one tiny site):
+# under `make test` (pytest-xdist) they run on one worker, so it is built once, not once a worker.
+SHARED_FIXTURE_GROUPS = {
+    "tests/export/": "export",  # `made`: one `gd-export onnx` run (tests/export/conftest.py)
+    "tests/fuzz/": "fuzz",  # one gd-serve subprocess and the run's figures
+    "tests/training/test_finetune.py": "retraining",  # the site, its cache, bundle, fine-tuning
+    "tests/e2e/test_retraining.py": "retraining",  # (tests/helpers/retraining.py)
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own choice of scheduler
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """Under -n (whose default distribution is per test) the work unit is a module, so that a
+    module's fixtures (a server, a trained model) are built once, or a group of modules from
+    SHARED_FIXTURE_GROUPS. (xdist's own `--dist loadgroup` marks do nothing on pytest 9.)"""
+    if config.getvalue("dist") != "load":
+        return None  # another --dist asked for explicitly
+    from xdist.scheduler import LoadFileScheduling
+
+    class ModuleGroups(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            groups = SHARED_FIXTURE_GROUPS.items()
+            return next((g for prefix, g in groups if module.startswith(prefix)), module)
+
+    return ModuleGroups(config, log)
 
 
 @pytest.fixture(scope="session")

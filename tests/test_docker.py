@@ -3,6 +3,7 @@ rules, hadolint and `docker-compose config` where installed, and their commands 
 
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -15,9 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
 
 from clients import stream
 from server import cli as server_cli
+from server.events.store import database_url
 from server.settings import from_env
 from tests.helpers.tiny_bundle import make_bundle
 
@@ -227,8 +230,53 @@ def test_profiles():
     assert compose()["secrets"]["gd_tokens"]["file"] == "${GD_TOKENS_PATH:-./docker/dev-tokens.txt}"
 
 
+def defaults(value: str) -> str:
+    """A compose value with each `${VAR:-default}` replaced by its default."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", value)
+
+
+def test_the_server_keeps_its_event_store_in_a_volume():
+    services = compose()["services"]
+    env = {k: defaults(v) for k, v in services["server"]["environment"].items()}
+    settings = from_env({**env_of("server"), **env})
+    # SQLite in DATA_DIR/events.db (docs/events.md), DATA_DIR a named volume
+    assert settings.events_db is None and settings.data_dir == Path("/data")
+    assert services["server"]["volumes"] == ["events:/data"]
+    assert services["server-gpu"]["volumes"] == ["events-gpu:/data"]  # one server per file
+    assert {"events", "events-gpu"} <= set(compose()["volumes"])
+
+
+def test_the_postgres_profile_runs_two_servers_on_one_database():
+    services = compose()["services"]
+    layout = {"postgres", "server-pg-1", "server-pg-2", "demo-pg"}
+    assert {n for n, s in services.items() if s.get("profiles") == ["postgres"]} == layout
+    database = services["postgres"]
+    assert "ports" not in database  # only the servers reach it
+    assert database["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    assert database["volumes"] == ["postgres:/var/lib/postgresql/data"]
+    db_env = {k: defaults(v) for k, v in database["environment"].items()}
+    urls, ports = set(), set()
+    for name in ("server-pg-1", "server-pg-2"):
+        server = services[name]
+        assert server["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+        assert "volumes" not in server and server["read_only"] is True  # nothing on its disk
+        env = {k: defaults(v) for k, v in server["environment"].items()}
+        settings = from_env({**env_of("server"), **env})
+        url = make_url(database_url(settings.events_db))
+        assert (url.drivername, url.host, url.port) == ("postgresql+psycopg", "postgres", 5432)
+        assert (url.username, url.password, url.database) == (
+            db_env["POSTGRES_USER"], db_env["POSTGRES_PASSWORD"], db_env["POSTGRES_DB"]
+        )  # fmt: skip
+        urls.add(settings.events_db)
+        ports.add(defaults(server["ports"][0]).rsplit(":", 2)[1])
+    assert len(urls) == 1 and len(ports) == 2  # one database, two servers side by side
+    demo = services["demo-pg"]
+    assert stream.parse_args(demo["command"]).url == "ws://server-pg-1:8000/v1/stream"
+    assert demo["depends_on"] == {"server-pg-1": {"condition": "service_healthy"}}
+
+
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
-@pytest.mark.parametrize("profiles", [[], ["gpu", "realsense", "train"]])
+@pytest.mark.parametrize("profiles", [[], ["postgres"], ["gpu", "realsense", "train", "postgres"]])
 def test_docker_compose_config(profiles):
     flags = [f for p in profiles for f in ("--profile", p)]
     r = subprocess.run(["docker-compose", *flags, "config", "-q"], cwd=ROOT, capture_output=True,

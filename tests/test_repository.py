@@ -48,6 +48,7 @@ def test_import_rules(package):
     assert not bad, "\n".join(bad)
 
 
+@pytest.mark.slow
 def test_serving_and_streaming_load_synth_only_when_asked():
     """Every module of server and clients (but server.demo, the demo itself) imports without
     loading synth or torch: the allowed synth imports stay lazy."""

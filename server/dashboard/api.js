@@ -43,6 +43,15 @@ export async function api(path, { query, body, method } = {}) {
   return answer;
 }
 
+// GET `path` as a Blob (an image), with the token in the header like every call; errors as
+// `api` raises them.
+export async function blob(path) {
+  const response = await fetch(new URL(path, location.origin), { headers: headers() });
+  if (response.status === 401) throw new Unauthorized();
+  if (!response.ok) throw new ApiError(response.status, await response.json().catch(() => null));
+  return response.blob();
+}
+
 // Server-Sent Events read with fetch(), which, unlike EventSource, sends the Authorization
 // header. Calls `onMessage({event, data, id})` per message, `onState("live" | "retrying" |
 // "off")`; reconnects after `retry` ms (the server may change it) with the last event id, as

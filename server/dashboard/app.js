@@ -2,11 +2,13 @@
 // the event history. Everything shown comes from the token-checked API (docs/dashboard.md);
 // text from the server is set with textContent only, never parsed as HTML.
 
-import { ApiError, Unauthorized, api, subscribe, token } from "./api.js";
+import { ApiError, Unauthorized, api, blob, subscribe, token } from "./api.js";
 import uPlot from "./vendor/uPlot.esm.js";
 
 const CAMERAS_EVERY_MS = 2000;
 const CHART_SECONDS = 120; // how much activity history a camera's chart shows
+const CHART_GAP_SECONDS = 5; // scores come every second; a longer silence breaks the line
+const PREVIEW_EVERY_MS = 2000; // an online camera's depth preview is read again this often
 const PAGE = 50; // events per history page
 const ALERTS_EVERY_MS = 5000; // the queue is read again this often (the feed is per server)
 const ALERTS_LISTED = 200; // the newest unreviewed events the queue shows
@@ -112,7 +114,7 @@ document.addEventListener("click", () => sound.unlock(), { once: true });
 
 // ---- cameras -------------------------------------------------------------------------------
 
-const tiles = new Map(); // camera id -> {node, chart, times, values}
+const tiles = new Map(); // camera id -> {node, chart, times, values, previewUrl}
 
 function tileFor(id) {
   let tile = tiles.get(id);
@@ -151,10 +153,17 @@ function tileFor(id) {
   return tile;
 }
 
-// One point of a camera's activity chart: seconds since the epoch, a probability.
+// One point of a camera's activity chart: seconds since the epoch, a probability. After a
+// silence (a stream that stopped, a demo between scenes) a null point breaks the line, so the
+// chart does not draw activity across time nothing was scored.
 function plot(tile, seconds, value) {
   if (value === null || value === undefined) return;
-  if (tile.times.length && seconds <= tile.times[tile.times.length - 1]) return;
+  const last = tile.times.length ? tile.times[tile.times.length - 1] : null;
+  if (last !== null && seconds <= last) return;
+  if (last !== null && seconds - last > CHART_GAP_SECONDS) {
+    tile.times.push((last + seconds) / 2);
+    tile.values.push(null);
+  }
   tile.times.push(seconds);
   tile.values.push(value);
   while (tile.times.length && tile.times[0] < seconds - CHART_SECONDS) {
@@ -162,7 +171,7 @@ function plot(tile, seconds, value) {
     tile.values.shift();
   }
   tile.chart.setData([tile.times, tile.values]);
-  tile.node.dataset.points = String(tile.times.length);
+  tile.node.dataset.points = String(tile.values.filter((v) => v !== null).length);
 }
 
 function showCamera(camera) {
@@ -178,6 +187,55 @@ function showCamera(camera) {
   tile.node.querySelector(".fps").textContent = `${camera.fps.toFixed(1)} fps${drops}`;
   // one point per clip the server stored for it, at the time the clip's frame arrived
   if (top && camera.last_frame_at) plot(tile, Date.parse(camera.last_frame_at) / 1000, top.score);
+}
+
+// ---- depth previews (a server started with --preview) -------------------------------------
+
+let previewsOn = true; // until the server answers preview_off: that takes a restart to change
+let previewsBusy = false; // one round of reads at a time, however slow the server
+
+// The tile's preview image from a blob: URL (the token goes in a header, never in a URL);
+// null removes it.
+function showPreview(id, tile, image) {
+  if (tile.previewUrl) URL.revokeObjectURL(tile.previewUrl); // the shown image stays shown
+  tile.previewUrl = image ? URL.createObjectURL(image) : null;
+  let img = tile.node.querySelector("img.preview");
+  if (!image) return img?.remove();
+  if (!img) {
+    img = el("img", { className: "preview", alt: `depth seen by ${id} (near red, far blue)` });
+    tile.node.querySelector("h3").after(img);
+  }
+  img.src = tile.previewUrl;
+}
+
+async function refreshPreviews() {
+  if (!previewsOn || previewsBusy || document.hidden) return;
+  previewsBusy = true;
+  try {
+    await readPreviews();
+  } finally {
+    previewsBusy = false;
+  }
+}
+
+async function readPreviews() {
+  for (const [id, tile] of tiles) {
+    if (tile.node.dataset.online !== "true") {
+      showPreview(id, tile, null);
+      continue;
+    }
+    try {
+      showPreview(id, tile, await blob(`/v1/cameras/${encodeURIComponent(id)}/preview`));
+    } catch (e) {
+      if (e instanceof Unauthorized) return signOut("The server refused the token.");
+      if (e instanceof ApiError && e.code === "preview_off") {
+        previewsOn = false;
+        for (const [other, t] of tiles) showPreview(other, t, null);
+        return;
+      }
+      showPreview(id, tile, null); // not streaming to this server (another one's camera)
+    }
+  }
 }
 
 async function refreshCameras() {
@@ -351,6 +409,7 @@ function start() {
   timers = [
     setInterval(refreshCameras, CAMERAS_EVERY_MS),
     setInterval(() => refreshAlerts().catch(() => {}), ALERTS_EVERY_MS),
+    setInterval(refreshPreviews, PREVIEW_EVERY_MS),
   ];
   loadHistory();
   stopFeed = subscribe("/v1/events/feed", {

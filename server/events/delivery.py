@@ -5,7 +5,10 @@ At least once: a row leaves the outbox's pending state only when the receiver an
 (dead). Everything else (other statuses, timeouts, refused connections) is tried again after
 an exponential backoff with jitter, or after the receiver's `Retry-After`. Every attempt of
 one row carries the same `webhook-id`, so a receiver drops the duplicates that at-least-once
-delivery makes. Clock, sleep and randomness are injected: tests run without waiting.
+delivery makes. Order per camera and destination: the outbox hands out a camera's alert only
+once its earlier ones to that destination are done (`EventStore.due`), and each destination's
+rows are sent in the outbox's order, stopping at the first failure. Clock, sleep and randomness
+are injected: tests run without waiting.
 """
 
 from __future__ import annotations
@@ -137,8 +140,12 @@ class WebhookDeliverer:
                 # after): one that could outlast the loan waits for the next pass
                 return delivered
             if not await self.attempt(row):
-                # the receiver is failing: its other rows wait for the next pass rather than
-                # each spend a timeout (or hammer a receiver asking us to slow down) now
+                # the receiver is failing: its other rows wait one backoff step rather than
+                # each spend a timeout (or hammer a receiver asking us to slow down) now, and
+                # rather than the whole loan (a minute) the outbox gave them
+                wait = timedelta(seconds=self.destinations[row.destination].backoff_s)
+                rest = [r.id for r in rows[delivered + 1 :]]
+                await asyncio.to_thread(self.outbox.release, rest, self.clock() + wait)
                 return delivered
         return len(rows)
 

@@ -1,11 +1,15 @@
 """The live feed: committed event changes and camera states, fanned out to subscribers
-(`GET /v1/events/feed`). In memory, this server's own changes only; a subscriber that falls
-`MAX_QUEUED` items behind is dropped (its stream ends; it reconnects and re-lists)."""
+(`GET /v1/events/feed`). In memory; a subscriber that falls `MAX_QUEUED` items behind is
+dropped (its stream ends; it reconnects and re-lists).
+
+This server's own changes are `publish`ed: to the subscribers and to the relays, which pass
+them on to the other servers of one PostgreSQL (server/events/notify.py). What another server
+committed comes back through `deliver`: to the subscribers only, never relayed again."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from server.events.store import CameraRecord, Change
@@ -27,9 +31,18 @@ class Subscription:
 class Feed:
     def __init__(self) -> None:
         self.subscribers: set[Subscription] = set()
+        self.relays: list[Callable[[Item], None]] = []
 
     def publish(self, item: Item) -> None:
-        """On the event loop; never waits."""
+        """A change this server committed: to the subscribers and the relays. On the event
+        loop; never waits."""
+        self.deliver(item)
+        for relay in self.relays:
+            relay(item)
+
+    def deliver(self, item: Item) -> None:
+        """To the subscribers only (a change another server committed). On the event loop;
+        never waits."""
         for sub in list(self.subscribers):
             if sub.queue.qsize() >= MAX_QUEUED:
                 self.subscribers.discard(sub)

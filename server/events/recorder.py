@@ -6,7 +6,8 @@ update the camera's top action and last frame time in memory only; they reach th
 most every `flush_every_s` (and at once on disconnect), with the open events' running
 confidence. Store calls go, in order, to the events service's single thread: the listener
 never waits for the database, except on disconnect, which returns once everything the stream
-made is stored (so whoever sees a stream closed sees its events).
+made is stored (so whoever sees a stream closed sees its events), or, while the database is
+away, kept in memory to be stored in order when it returns (server/events/service.py).
 
 Times: an event's start and end are the server's UTC clock at the moment the camera's frames
 showed them: the sender's timestamps, mapped through the newest clip's (its timestamp, the
@@ -180,17 +181,16 @@ class EventRecorder:
         (one camera's, or every camera's)."""
         now = self.clock()
         chosen = [self.cameras[camera_id]] if camera_id is not None else self.cameras.values()
-        changed = []
+        changed, confidences = [], {}
         for camera in chosen:
             if camera.dirty:
                 changed.append(camera.record)
                 camera.dirty = False
             if (event := camera.open) is not None and event.changed:
                 event.changed = False
-                event_id, confidence = event.record.id, event.confidence
-                self.submit(
-                    lambda i=event_id, c=confidence: self.store.update_event(i, now, confidence=c)
-                )
+                confidences[event.record.id] = event.confidence
+        if confidences:  # one transaction for all of them: a write costs about its commit
+            self.submit(self.store.update_confidences, confidences, now)
         if changed:
             self.submit(self._save, changed)
 

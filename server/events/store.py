@@ -17,12 +17,13 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import Collection, Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -33,26 +34,43 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    exists,
     func,
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    InterfaceError,
+    OperationalError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from server.events.schema import cameras, deliveries, events
 from server.events.types import AlertPolicy, Delivery, EventRecord, Review
 
+log = logging.getLogger("gd.server")
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Two servers opening one PostgreSQL database at once migrate one after the other.
 MIGRATION_LOCK = 0x6764_6576  # "gdev"
+# Servers on one PostgreSQL database take due outbox rows one after the other: a camera's later
+# row must not go out on one server while its earlier one is being sent by another.
+OUTBOX_LOCK = 0x6764_6F62  # "gdob"
+REPEAT_LOCK = 0x6764_7270  # "gdrp": two servers' repeat ticks one after the other
 # How long `Outbox.due` holds the rows it hands out: no other deliverer (another server on the
 # same database) takes them meanwhile; a deliverer that dies leaves them due again after it.
 CLAIM = timedelta(seconds=60)
 SQLITE_BUSY_TIMEOUT_S = 30.0
+PG_CONNECT_TIMEOUT_S = 10  # an unreachable host fails in seconds, not the OS's minutes
+# Store writes kept in memory while the database is away (`Backlog`); beyond, the oldest go.
+BACKLOG_LIMIT = 10_000
+T = TypeVar("T")
 
 EventState = Literal["open", "ended"]
 ChangeKind = Literal["started", "updated", "ended", "reviewed"]
@@ -60,6 +78,10 @@ ChangeKind = Literal["started", "updated", "ended", "reviewed"]
 
 class StoreError(Exception):
     """The store cannot be opened (a bad URL, an unreachable server, an unknown schema)."""
+
+
+class StoreUnavailable(Exception):
+    """The database did not answer or could not write just now; the call was not done."""
 
 
 class CursorError(ValueError):
@@ -134,7 +156,9 @@ def redacted(url: str) -> str:
 
 
 def make_engine(url: str) -> Engine:
-    engine = create_engine(url, pool_pre_ping=True)
+    postgres = make_url(url).get_backend_name() == "postgresql"
+    connect_args = {"connect_timeout": PG_CONNECT_TIMEOUT_S} if postgres else {}
+    engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     if engine.dialect.name == "sqlite":
         _sqlite_setup(engine)
     return engine
@@ -175,6 +199,22 @@ def migrate(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
+def unavailable(error: BaseException) -> bool:
+    """Whether a store call failed because the database is away or cannot write (server
+    stopped, connection lost, disk full or read-only, locked too long), not because of the
+    call itself: the same call would succeed later."""
+    if isinstance(error, OperationalError | InterfaceError | PoolTimeoutError):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
+
+
+def cause(error: BaseException) -> str:
+    """An error's first line, without SQLAlchemy's statement and background link."""
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        error = error.orig
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 class _History:
     """`AlertHistory` inside the transaction that writes the event."""
 
@@ -209,11 +249,20 @@ class EventStore:
             raise StoreError(f"event store {redacted(url)}: {e}") from None
         try:
             migrate(engine)
+            # a database already at the newest schema migrates without writing: prove that
+            # it can (a read-only file or a full disk fails here, at start, not on the first
+            # event)
+            with engine.begin() as connection:
+                connection.execute(text("UPDATE alembic_version SET version_num = version_num"))
         except Exception as e:  # alembic raises its own errors too (an unknown revision)
             engine.dispose()
-            cause = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise StoreError(f"event store {redacted(url)}: {cause}") from e
+            raise StoreError(f"event store {redacted(url)}: {cause(e)}") from e
         return cls(engine, policy)
+
+    def ping(self) -> None:
+        """A round trip to the database; raises what the driver raises when it is away."""
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -279,18 +328,36 @@ class EventStore:
             values["keep"] = keep
         return self._update(event_id, values, "reviewed", now)
 
+    def update_confidences(self, confidences: Mapping[str, float], now: datetime) -> list[Change]:
+        """Running confidences of open events (`updated`), a flush's worth in one transaction;
+        events deleted meanwhile are left out."""
+        with self._write() as connection:
+            changes = [
+                self._update_in(connection, event_id, {"confidence": c}, "updated", now)
+                for event_id, c in confidences.items()
+            ]
+        return [c for c in changes if c is not None]
+
     def _update(
         self, event_id: str, values: dict[str, Any], change: ChangeKind, now: datetime
     ) -> Change | None:
         with self._write() as connection:
-            result = connection.execute(
-                update(events).where(events.c.id == event_id).values(**values)
-            )
-            if result.rowcount == 0:
-                return None
-            record = self._get(connection, event_id)
-            assert record is not None  # updated just now, in this transaction
-            self._changed(connection, record, change, now)
+            return self._update_in(connection, event_id, values, change, now)
+
+    def _update_in(
+        self,
+        connection: Connection,
+        event_id: str,
+        values: dict[str, Any],
+        change: ChangeKind,
+        now: datetime,
+    ) -> Change | None:
+        result = connection.execute(update(events).where(events.c.id == event_id).values(**values))
+        if result.rowcount == 0:
+            return None
+        record = self._get(connection, event_id)
+        assert record is not None  # updated just now, in this transaction
+        self._changed(connection, record, change, now)
         return Change(change, record)
 
     def _changed(
@@ -324,6 +391,8 @@ class EventStore:
         if self.policy is None:
             return 0
         with self._write() as connection:
+            if connection.dialect.name == "postgresql":  # the second sees the first's repeats
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({REPEAT_LOCK})")
             query = select(events).where(events.c.review == "new", events.c.start_at >= since)
             rows = connection.execute(query).all()
             for row in rows:
@@ -423,23 +492,41 @@ class EventStore:
 
     def due(self, destinations: Collection[str], now: datetime, limit: int) -> list[Delivery]:
         """Pending rows for these destinations whose next attempt is due, oldest first; they
-        are claimed for `CLAIM` (their next attempt moves there) until marked."""
+        are claimed for `CLAIM` (their next attempt moves there) until marked.
+
+        In order per camera and destination: a row waits while an earlier pending row of its
+        camera to its destination is not due (backing off, or claimed by a deliverer), so a
+        receiver never gets a camera's later alert before an earlier one that is owed."""
         if not destinations:
             return []
         d = deliveries.c
+        earlier, earlier_event = deliveries.alias("earlier"), events.alias("earlier_event")
+        waits = exists().where(
+            earlier.c.state == "pending",
+            earlier.c.destination == d.destination,
+            earlier.c.id < d.id,
+            earlier.c.next_attempt_at > now,
+            earlier_event.c.id == earlier.c.event_id,
+            earlier_event.c.camera_id == events.c.camera_id,
+        )
         query = (
             select(deliveries)
+            .join(events, events.c.id == d.event_id)
             .where(
                 d.state == "pending",
                 d.destination.in_(list(destinations)),
                 d.next_attempt_at <= now,
+                ~waits,
             )
             .order_by(d.id)
             .limit(limit)
         )
-        if self.engine.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)  # SQLite: one writer at a time
+        with self._read() as connection:  # the usual answer, nothing due, needs no write lock
+            if connection.execute(query.with_only_columns(d.id)).first() is None:
+                return []
         with self._write() as connection:
+            if connection.dialect.name == "postgresql":  # SQLite: one writer at a time anyway
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({OUTBOX_LOCK})")
             rows = [_delivery(row) for row in connection.execute(query)]
             if rows:
                 connection.execute(
@@ -458,6 +545,17 @@ class EventStore:
     def dead(self, delivery_id: int, now: datetime, error: str, status: int | None) -> None:
         self._mark(delivery_id, state="dead", last_error=error, last_status=status)
 
+    def release(self, delivery_ids: Collection[int], at: datetime) -> None:
+        if not delivery_ids:
+            return
+        d = deliveries.c
+        with self._write() as connection:
+            connection.execute(
+                update(deliveries)
+                .where(d.id.in_(list(delivery_ids)), d.state == "pending")
+                .values(next_attempt_at=at)
+            )
+
     def _mark(self, delivery_id: int, **values: Any) -> None:
         """One attempt's outcome (each mark counts one attempt)."""
         with self._write() as connection:
@@ -474,6 +572,136 @@ class EventStore:
             query = query.where(deliveries.c.event_id == event_id)
         with self._read() as connection:
             return [_delivery(row) for row in connection.execute(query)]
+
+    def delivery_log(
+        self,
+        limit: int,
+        before_id: int | None = None,
+        event_id: str | None = None,
+        destination: str | None = None,
+        state: str | None = None,
+    ) -> list[Delivery]:
+        """`GET /v1/deliveries`: newest first (by id), filtered (None: any); `before_id`
+        continues a listing after the row with that id."""
+        d = deliveries.c
+        wanted = ((d.event_id, event_id), (d.destination, destination), (d.state, state))
+        conditions = [column == value for column, value in wanted if value is not None]
+        if before_id is not None:
+            conditions.append(d.id < before_id)
+        query = select(deliveries).where(*conditions).order_by(d.id.desc()).limit(limit)
+        with self._read() as connection:
+            return [_delivery(row) for row in connection.execute(query)]
+
+
+class Backlog:
+    """Store calls that failed because the database was away (`unavailable`), kept in order
+    and run again, in that order, when it answers (`retry`): streams go on while the database
+    is stopped, full or read-only, and their events are written when it returns. At most
+    `limit` calls are kept; beyond, the oldest is dropped (counted in `dropped`, logged).
+
+    For one writer thread (the events service's); `problem`, `since`, `kept` and `dropped`
+    may be read from any thread. `publish` gets what each kept call returns once it has run.
+    """
+
+    def __init__(
+        self,
+        publish: Callable[[Any], None],
+        clock: Callable[[], datetime],
+        limit: int = BACKLOG_LIMIT,
+    ) -> None:
+        self.publish, self.clock, self.limit = publish, clock, limit
+        self.calls: deque[Callable[[], Any]] = deque()
+        self.dropped = 0  # since the server started
+        self.problem: str | None = None  # why the database is unavailable; None: it answers
+        self.since: datetime | None = None  # when it stopped answering
+        self._dropped_now = 0  # in this outage
+
+    @property
+    def kept(self) -> int:
+        return len(self.calls)
+
+    def run(self, call: Callable[[], T], keep: bool = True) -> T | None:
+        """`call`, after the calls kept before it. While the database is unavailable, `call`
+        is kept (and None returned) or, when not `keep`, StoreUnavailable is raised."""
+        if self.calls:
+            if keep:  # its turn comes in `retry`, after the older ones: no wait on a dead server
+                self._keep(call)
+                return None
+            if not self.retry():
+                raise StoreUnavailable(self.problem)
+        try:
+            result = call()
+        except Exception as e:
+            if not unavailable(e):
+                raise
+            self._away(e)
+            if not keep:
+                raise StoreUnavailable(self.problem) from e
+            self._keep(call)
+            return None
+        self._back()
+        return result
+
+    def retry(self, check: Callable[[], None] | None = None) -> bool:
+        """Run the kept calls in order, publishing what each returns, until the database
+        fails again (that call and the rest stay kept); with none kept, `check` (a ping) tells
+        whether the database answers. True when it did."""
+        if not self.calls and check is not None:
+            try:
+                check()
+            except Exception as e:
+                if not unavailable(e):
+                    raise
+                self._away(e)
+                return False
+        while self.calls:
+            try:
+                result = self.calls[0]()
+            except Exception as e:
+                if unavailable(e):
+                    self._away(e)
+                    return False
+                # the call itself is wrong: it would fail forever and hold up the others
+                log.error("event store: a kept change failed and is dropped: %s", e, exc_info=e)
+            else:
+                self.publish(result)
+            self.calls.popleft()
+        self._back()
+        return True
+
+    def _keep(self, call: Callable[[], Any]) -> None:
+        if len(self.calls) >= self.limit:
+            self.calls.popleft()
+            self.dropped += 1
+            self._dropped_now += 1
+            if self._dropped_now == 1:
+                log.warning(
+                    "event store: %d changes kept in memory, the most it keeps: dropping the "
+                    "oldest from now on (the count is on /readyz)",
+                    self.limit,
+                )
+        self.calls.append(call)
+
+    def _away(self, error: BaseException) -> None:
+        problem = cause(error)
+        if self.problem is None:
+            self.since = self.clock()
+            log.warning(
+                "event store unavailable (%s): keeping its changes in memory until it answers, "
+                "streams go on",
+                problem,
+            )
+        self.problem = problem
+
+    def _back(self) -> None:
+        if self.problem is not None:
+            away = (self.clock() - self.since).total_seconds() if self.since is not None else 0.0
+            log.warning(
+                "event store available again after %.1f s: kept changes written, %d dropped",
+                away,
+                self._dropped_now,
+            )
+        self.problem, self.since, self._dropped_now = None, None, 0
 
 
 def encode_cursor(start: datetime, event_id: str) -> str:

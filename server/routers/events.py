@@ -1,8 +1,11 @@
-"""The event API: stored events, their review, a live feed of changes, and the cameras
-(docs/events.md). Mounted under /v1 with the bearer-token check, when the store is on."""
+"""The event API: stored events, their review, a live feed of changes, the cameras
+(docs/events.md) and the delivery log of the alerts (docs/alerts.md). Mounted under /v1 with
+the bearer-token check, when the store is on."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -15,6 +18,7 @@ from starlette.requests import HTTPConnection
 
 from server.auth import bearer_token
 from server.errors import ApiError
+from server.events.delivery import message_id
 from server.events.service import EventService
 from server.events.store import (
     CameraRecord,
@@ -24,7 +28,7 @@ from server.events.store import (
     EventFilter,
     EventState,
 )
-from server.events.types import EventRecord, Review
+from server.events.types import Delivery, DeliveryState, EventRecord, Review
 from server.schemas import ErrorResponse, ModelRef
 
 router = APIRouter()
@@ -136,6 +140,49 @@ class CamerasResponse(BaseModel):
     cameras: list[CameraOut]
 
 
+class DeliveryOut(BaseModel):
+    """One alert owed to one destination, and how its delivery went."""
+
+    id: int
+    event_id: str
+    destination: str = Field(description="a destination's name in the alert rules file")
+    kind: str = Field(description="alert.started, alert.ended or alert.repeated")
+    webhook_id: str = Field(description="the `webhook-id` header of every attempt")
+    state: DeliveryState = Field(description="pending until delivered or dead (dead letter)")
+    attempts: int = Field(description="attempts made so far")
+    created_at: datetime
+    next_attempt_at: datetime | None = Field(
+        description="pending: when it is tried next; null once delivered or dead"
+    )
+    last_status: int | None = Field(description="the receiver's last HTTP status; null: none")
+    last_error: str | None = Field(description="why the last failed attempt failed")
+    delivered_at: datetime | None
+    payload: dict[str, Any] = Field(description="the JSON body sent")
+
+    @classmethod
+    def of(cls, d: Delivery) -> DeliveryOut:
+        return cls(
+            id=d.id,
+            event_id=d.event_id,
+            destination=d.destination,
+            kind=d.kind,
+            webhook_id=message_id(d),
+            state=d.state,
+            attempts=d.attempts,
+            created_at=d.created_at,
+            next_attempt_at=d.next_attempt_at if d.state == "pending" else None,
+            last_status=d.last_status,
+            last_error=d.last_error,
+            delivered_at=d.delivered_at,
+            payload=d.payload,
+        )
+
+
+class DeliveriesPage(BaseModel):
+    deliveries: list[DeliveryOut]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null: done")
+
+
 REVIEWS: dict[str, Review] = {"acknowledge": "acknowledged", "false_positive": "false_positive"}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "no such event"}
@@ -232,3 +279,77 @@ def list_cameras(events: EventsDep) -> CamerasResponse:
     """Every camera the server has seen, connected or not (states stored at most a second
     after they change)."""
     return CamerasResponse(cameras=[CameraOut.of(r) for r in events.store.cameras()])
+
+
+# --- the delivery log ----------------------------------------------------------------------
+
+CURSOR_PREFIX = "delivery:"
+BAD_CURSOR = "not a cursor of this listing (use next_cursor as given)"
+
+
+def delivery_cursor(delivery_id: int) -> str:
+    """Opaque, like /v1/events' cursors: clients pass it back as given."""
+    return base64.urlsafe_b64encode(f"{CURSOR_PREFIX}{delivery_id}".encode()).decode().rstrip("=")
+
+
+def cursor_id(cursor: str) -> int:
+    """The id a cursor continues after; a 400 `bad_cursor` for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "bad_cursor", BAD_CURSOR) from None
+    number = raw.removeprefix(CURSOR_PREFIX)
+    # a database integer: larger ones were never an id (and would overflow the driver)
+    if not raw.startswith(CURSOR_PREFIX) or not number.isascii() or not number.isdigit():
+        raise ApiError(400, "bad_cursor", BAD_CURSOR)
+    if len(number) > 19 or int(number) >= 2**63:
+        raise ApiError(400, "bad_cursor", BAD_CURSOR)
+    return int(number)
+
+
+def deliveries_page(
+    events: EventService,
+    limit: int,
+    cursor: str | None,
+    event_id: str | None,
+    destination: str | None,
+    state: DeliveryState | None,
+) -> DeliveriesPage:
+    before = None if cursor is None else cursor_id(cursor)
+    rows = events.store.delivery_log(limit + 1, before, event_id, destination, state)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return DeliveriesPage(
+        deliveries=[DeliveryOut.of(d) for d in rows],
+        next_cursor=delivery_cursor(rows[-1].id) if more else None,
+    )
+
+
+@router.get("/deliveries")
+def list_deliveries(
+    events: EventsDep,
+    event: Annotated[str | None, Query(max_length=200, description="one event's")] = None,
+    destination: Annotated[str | None, Query(max_length=200)] = None,
+    state: DeliveryState | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+) -> DeliveriesPage:
+    """The delivery log: every alert owed to a destination and how its delivery went
+    (attempts, last status, last error), newest first, filtered; `next_cursor` pages on."""
+    return deliveries_page(events, limit, cursor, event, destination, state)
+
+
+@router.get("/events/{event_id}/deliveries", responses=NOT_FOUND)
+def event_deliveries(
+    event_id: str,
+    events: EventsDep,
+    destination: Annotated[str | None, Query(max_length=200)] = None,
+    state: DeliveryState | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+) -> DeliveriesPage:
+    """One event's deliveries, as `GET /v1/deliveries?event=` lists them; 404 for an
+    unknown event."""
+    if events.store.get(event_id) is None:
+        raise ApiError(404, "not_found", f"no event {event_id!r}")
+    return deliveries_page(events, limit, cursor, event_id, destination, state)

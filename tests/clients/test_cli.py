@@ -135,6 +135,7 @@ def test_upload_unreachable_server_exits_1(tmp_path, capsys):
     assert "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_clients_import_neither_the_server_nor_torch():
     code = (
         "import sys, clients.api, clients.stream, clients.upload; "

@@ -107,6 +107,7 @@ def test_recording(tmp_path):
         sources.open_file(tmp_path / "bad.bag")
 
 
+@pytest.mark.slow
 def test_synth_plays_a_scripted_scene():
     src = sources.synth(seed=3, actions=1, size=(32, 48))
     frames = list(src.frames)

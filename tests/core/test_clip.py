@@ -306,6 +306,7 @@ def test_non_monotonic_timestamps_are_an_error():
         resample_indices(np.array([0, 10, 5]), 10.0)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(
     gaps=st.lists(st.integers(min_value=1, max_value=400_000), min_size=0, max_size=80),

@@ -73,6 +73,7 @@ def test_help_example_scores_the_test_split(capsys):
     assert "--gt data/PKU-MMD/label" not in help_text
 
 
+@pytest.mark.slow
 def test_plot_draws_the_timeline_and_counts_hits(tmp_path, capsys):
     gt, pred = tmp_path / "gt", tmp_path / "pred"
     gt.mkdir()

@@ -333,6 +333,7 @@ thresholds = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(deadline=None)
 @given(probs=videos(), threshold=thresholds, first_clip=st.integers(0, 10**6))
 def test_streaming_equals_offline_exactly(probs, threshold, first_clip):
@@ -353,6 +354,7 @@ def test_streaming_equals_offline_exactly(probs, threshold, first_clip):
         assert i == (s.last_clip + 1 if s.last_clip + 1 < len(probs) else None)
 
 
+@pytest.mark.slow
 @settings(deadline=None)
 @given(probs=videos(), threshold=thresholds)
 def test_segments_are_exactly_the_maximal_active_runs(probs, threshold):
@@ -371,6 +373,7 @@ def test_segments_are_exactly_the_maximal_active_runs(probs, threshold):
     assert all(a.last_clip + 1 < b.first_clip for a, b in itertools.pairwise(segs))
 
 
+@pytest.mark.slow
 @settings(deadline=None)
 @given(probs=videos(), threshold=thresholds, cut=st.integers(0, 10**6))
 def test_segment_depends_only_on_its_own_clips(probs, threshold, cut):

@@ -222,6 +222,7 @@ JSON = st.recursive(
 )
 
 
+@pytest.mark.slow
 @given(field=st.sampled_from([*sorted(HELLO), "token", "score_delay"]), value=JSON)
 @settings(max_examples=300, deadline=None)
 def test_any_value_in_any_hello_field_is_a_hello_or_a_wire_error(field, value):

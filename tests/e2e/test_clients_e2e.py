@@ -1,7 +1,7 @@
 """End to end without a camera: a `.db3` recorded through librealsense's software device and
 recorder, played by `gd-stream` / `gd-upload` into a real server on loopback.
 
-The recording is the tiny test model's scene (tests/server/tiny_bundle.py): 150 frames at 30 fps
+The recording is the tiny test model's scene (tests/helpers/tiny_bundle.py): 150 frames at 30 fps
 with a small near object in frames 24..71 and a large one in frames 96..131. By hand: the model
 keeps every 3rd frame (10 fps) and makes clips of 4 kept frames (12 source frames), so the
 objects cover clips 2..5 ("small") and 8..10 ("large"), i.e. source frames 24..71 and 96..131.
@@ -32,6 +32,8 @@ from server.cli import uvicorn_config
 from synth.formats import write_depth_pngs
 from tests.helpers.live import TOKEN, hello, uvicorn_server
 from tests.helpers.tiny_bundle import TINY_SPEC, scene
+
+pytestmark = pytest.mark.slow  # a real server, a recording, the clients (some as processes)
 
 ROOT = Path(__file__).resolve().parents[2]
 FRAMES = scene(150, actions=((24, 72, 0.15), (96, 132, 0.5)))
@@ -157,7 +159,6 @@ def test_upload_errors(server, recording, tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_wrong_token_exits_3_with_a_clear_message(server, recording):
     r = subprocess.run(
         [sys.executable, "-m", "clients.stream", "file", str(recording), "--fast", "--url",
@@ -253,7 +254,6 @@ class PortServer:
         self.thread.join(10)
 
 
-@pytest.mark.slow
 def test_reconnects_after_a_server_restart_and_resumes_the_file(test_settings, recording):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

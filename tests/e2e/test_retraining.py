@@ -5,13 +5,12 @@ recorder) -> labels.csv with a class the starting model lacks -> `gd-labels chec
 loopback serving the starting bundle, `POST /v1/admin/reload` to the fine-tuned one -> a held-out
 recording streamed by `gd-stream file` over the real WebSocket, scored by the new model.
 
-The recordings, the cache and the starting bundle are tests/training/test_finetune.py's
-fixtures (imported, not copied); the reload request is tests/server/test_reload.py's."""
+The recordings, the cache, the starting bundle and its fine-tuning are the fixtures of
+tests/helpers/retraining.py, shared with tests/training/test_finetune.py; the reload request
+is tests/server/test_reload.py's."""
 
 import dataclasses
 import json
-import subprocess
-import sys
 
 import httpx
 import pytest
@@ -19,7 +18,6 @@ import pytest
 from clients import stream
 from core.bundle import load_bundle
 from core.recording_labels import main as labels_main
-from tests.helpers.caches import TINY
 from tests.helpers.live import ADMIN, TOKEN, reload
 from tests.helpers.retraining import MODEL
 
@@ -29,11 +27,10 @@ NEW = "leaves bed"  # the site's label the starting model lacks (test_finetune's
 @pytest.mark.slow
 def test_site_recordings_retrain_and_hot_reload_into_a_streaming_server(
     site,
-    cache,
     bundle,
+    finetuned,
     make_server,
     test_settings,
-    tmp_path,
     capsys,
 ):
     # Label: the generated labels.csv, with the new class, passes the check gd-prep also runs.
@@ -43,16 +40,11 @@ def test_site_recordings_retrain_and_hot_reload_into_a_streaming_server(
     assert labels_main(args) == 0
     assert "no problems" in capsys.readouterr().out
 
-    # Fine-tune the starting bundle for one epoch and export the site's bundle: gd-train in a
-    # process of its own, as it runs at a site (in this process, after the fixtures' export,
-    # torch.onnx's dynamo export of the fine-tuned model fails; from the command line it works).
-    work, site_model = tmp_path / "ft", tmp_path / "models" / "site"
-    args = [sys.executable, "-m", "training.cli", "finetune", "--from", str(bundle),
-            "--cache", str(cache), "--workdir", str(work), "--epochs", "1",
-            "--export", str(site_model), *TINY]  # fmt: skip
-    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    assert "mAP before:" in done.stdout and "mAP after:" in done.stdout
+    # Fine-tune the starting bundle for one epoch and export the site's bundle: `gd-train
+    # finetune --export` in a process of its own, as it runs at a site (the `finetuned` fixture,
+    # tests/helpers/retraining.py, which tests/training/test_finetune.py checks in detail).
+    work, site_model, printed = finetuned
+    assert "mAP before:" in printed and "mAP after:" in printed
     report = json.loads((work / "finetune.json").read_text())
     start, tuned = load_bundle(bundle), load_bundle(site_model)
     assert NEW not in start.classes and NEW in tuned.classes

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -30,7 +31,6 @@ from export.onnx import (
     ort_runner,
     recorded_cache,
     verify_bundle,
-    write_bundle,
 )
 from tests.export import ARCH, CLASSES, SPEC, make_checkpoint
 from tests.helpers.numerics import reorder_tol
@@ -124,20 +124,57 @@ def test_tampered_or_inconsistent_bundles_are_named(made, tmp_path, capsys):
         verify_bundle(copy)
 
 
-@pytest.mark.slow
+class _Messages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.text = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.text += record.getMessage() + "\n"
+
+
+@pytest.fixture(scope="module")
+def random_parity(tmp_path_factory):
+    """One `gd-export onnx --parity-random --score-delay` run (an export takes seconds) from
+    its own working directory, of a checkpoint trained on no cache that still exists, whose
+    provenance names folders of this machine: (working directory, argv, log messages)."""
+    work = tmp_path_factory.mktemp("random-parity").resolve()
+    provenance = {
+        "dataset": {"dataset": "pku", "root": str(work / "runs" / "data" / "pku")},
+        "command": [str(work / ".venv/bin/gd-train"), "pipeline", "--workdir", str(work / "runs")],
+        "cache": "/elsewhere/cache/pku",
+    }
+    ckpt = make_checkpoint(work / "c.pt", provenance=provenance)
+    args = ["onnx", "--checkpoint", str(ckpt), "--out", "b", "--parity-random",
+            "--score-delay", str(SPEC.window - 1)]  # fmt: skip
+    messages = _Messages()
+    logging.getLogger().addHandler(messages)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(work)
+            assert main(args) == 0
+    finally:
+        logging.getLogger().removeHandler(messages)
+    return work, args, messages.text
+
+
 def test_export_without_a_cache_needs_parity_random(tmp_path, capsys):
     ckpt = make_checkpoint(tmp_path / "m.pt")
     assert main(["onnx", "--checkpoint", str(ckpt), "--out", str(tmp_path / "b")]) == 1
     assert "--parity-random" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
-    args = ["onnx", "--checkpoint", str(ckpt), "--out", str(tmp_path / "b"), "--parity-random"]
-    assert main(args) == 0
-    meta = json.loads((tmp_path / "b" / "model.json").read_text())
+
+
+@pytest.mark.slow
+def test_parity_random_checks_random_clips_and_measures_nothing(random_parity, capsys, monkeypatch):
+    work, args, _ = random_parity
+    meta = json.loads((work / "b" / "model.json").read_text())
     assert meta["metrics"]["parity"]["source"] == "random clips"
-    assert "test" not in meta["metrics"]
+    assert "test" not in meta["metrics"]  # no cache: no test mAP
+    monkeypatch.chdir(work)
     assert main(args) == 1  # the bundle exists now
     assert "exists and is not empty" in capsys.readouterr().err
-    assert not list(tmp_path.glob(".b.partial-*"))  # nothing left behind
+    assert not list(work.glob(".b.partial-*"))  # nothing left behind
 
 
 def test_only_depth_detection_checkpoints_export(tmp_path):
@@ -192,24 +229,15 @@ def stack_traces(model: onnx.ModelProto) -> list[str]:
 
 
 @pytest.mark.slow
-def test_an_export_records_no_folder_of_this_machine(tmp_path, monkeypatch, caplog):
-    work = tmp_path.resolve()
-    monkeypatch.chdir(work)
-    provenance = {
-        "dataset": {"dataset": "pku", "root": str(work / "runs" / "data" / "pku")},
-        "command": [str(work / ".venv/bin/gd-train"), "pipeline", "--workdir", str(work / "runs")],
-        "cache": "/elsewhere/cache/pku",
-    }
-    ckpt = make_checkpoint(work / "c.pt", provenance=provenance)
-    args = ["onnx", "--checkpoint", str(ckpt), "--out", "b", "--parity-random", "--no-evaluate"]
-    assert main(args) == 0
+def test_an_export_records_no_folder_of_this_machine(random_parity):
+    work, _, messages = random_parity
     meta = json.loads((work / "b" / "model.json").read_text())
     assert absolute_paths(meta) == []
     training = meta["training"]
     assert training["dataset"] == {"dataset": "pku", "root": "runs/data/pku"}
     assert training["command"] == [".venv/bin/gd-train", "pipeline", "--workdir", "runs"]
     assert (training["cache"], training["checkpoint"]) == (".../pku", "c.pt")
-    assert "made machine paths portable" not in caplog.text  # gd-export wrote them so
+    assert "made machine paths portable" not in messages  # gd-export wrote them so
     for path in (work / "b").glob("*.onnx"):  # the exporter's stack traces name source files
         assert not stack_traces(onnx.load(path)), path.name
     verify_bundle(work / "b")
@@ -238,17 +266,14 @@ def test_verify_refuses_a_bundle_naming_the_build_machine(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_the_score_delay_is_recorded_and_checked_against_the_window(tmp_path):
-    path = make_checkpoint(tmp_path / "c.pt")
-    ckpt = load_checkpoint(path)
-    window = ckpt.clip.window
-    (tmp_path / "b").mkdir()
-    bundle = write_bundle(ckpt, path, tmp_path / "b", "b", "1", score_delay=window - 1)
-    assert load_bundle(bundle.root).score_delay == window - 1
-    # One clip more than the window holds: the same bundle's model.json edited, not a second
-    # export (the check is the loader's).
-    meta = json.loads((bundle.root / "model.json").read_text())
+def test_the_score_delay_is_recorded_and_checked_against_the_window(random_parity, tmp_path):
+    window = SPEC.window
+    assert load_bundle(random_parity[0] / "b").score_delay == window - 1  # --score-delay
+    # One clip more than the window holds: a copy of the bundle with its model.json edited,
+    # not a second export (the check is the loader's).
+    copy = shutil.copytree(random_parity[0] / "b", tmp_path / "b")
+    meta = json.loads((copy / "model.json").read_text())
     meta["postprocess"]["score_delay"] = window
-    (bundle.root / "model.json").write_text(json.dumps(meta))
+    (copy / "model.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="score_delay must be in"):
-        load_bundle(bundle.root)
+        load_bundle(copy)

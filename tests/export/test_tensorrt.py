@@ -58,6 +58,7 @@ def tiny_conv(path):
     return path
 
 
+@pytest.mark.slow
 def test_int8_plans_need_symmetric_int8_qdq(tmp_path):
     src = tiny_conv(tmp_path / "f.onnx")
     clips = np.random.default_rng(0).standard_normal((8, 1, 8, 8)).astype(np.float32)

@@ -1,5 +1,6 @@
 """What the retraining tests share: a tiny site (synthetic recordings with colour, a class the
 model lacks), its prepared cache, and a tiny starting bundle exported by gd-export's own code
+and that bundle fine-tuned on the site by `gd-train finetune --export`
 (tests/training/test_finetune.py, tests/e2e/test_retraining.py)."""
 
 from __future__ import annotations
@@ -7,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 # Fixtures for every test module (tests/conftest.py loads this file as a plugin): torch and
-# training are imported when a fixture runs, not when the suite starts.
+# training are imported when a fixture runs, not when the suite starts. Built once a session
+# (the tests only read them); tests/conftest.py keeps the modules using them on one worker.
 
 MODEL = ["sit down", "hopping", "drink water"]  # the tiny starting model's actions
 # The site's classes.txt: "leaves bed" is new, "touch head" of the synthetic labels is renamed
@@ -29,7 +31,7 @@ def make_recordings(root):
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def site(tmp_path_factory):
     """Three synthetic recordings with colour; labels with a class the model lacks."""
     root = make_recordings(tmp_path_factory.mktemp("site"))
@@ -39,7 +41,7 @@ def site(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cache(site, tmp_path_factory):
     from training.prep import main as prep_main
 
@@ -68,7 +70,7 @@ def tiny_checkpoint(cache_root, path, seed=0):
     return ckpt
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def bundle(cache, tmp_path_factory):
     """The tiny model exported by gd-export's own code: ONNX encoders and weights.pt."""
     from export.onnx import write_bundle
@@ -78,3 +80,24 @@ def bundle(cache, tmp_path_factory):
     (root / "tiny").mkdir()
     write_bundle(ckpt, root / "start.pt", root / "tiny", "tiny", "1")
     return root / "tiny"
+
+
+@pytest.fixture(scope="session")
+def finetuned(bundle, cache, tmp_path_factory):
+    """`gd-train finetune --epochs 1 --export` of the starting bundle on the site's cache, in a
+    process of its own as it runs at a site (in the test process, after the fixtures' export,
+    torch.onnx's dynamo export of the fine-tuned model can fail; from the command line it
+    works): (workdir, exported bundle, the command's stdout). Once a run: it takes seconds."""
+    import subprocess
+    import sys
+
+    from tests.helpers.caches import TINY
+
+    root = tmp_path_factory.mktemp("finetuned")
+    work, site_model = root / "ft", root / "models" / "site"
+    args = [sys.executable, "-m", "training.cli", "finetune", "--from", str(bundle),
+            "--cache", str(cache), "--workdir", str(work), "--epochs", "1",
+            "--export", str(site_model), *TINY]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return work, site_model, done.stdout

@@ -118,6 +118,7 @@ def test_oversized_upload_is_413_and_the_server_goes_on(server, test_settings):
     assert upload(server.url, npy_bytes(FRAMES), fps=30).status_code == 200
 
 
+@pytest.mark.slow
 def test_zip_bomb_upload_is_413(server):
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:

@@ -18,5 +18,6 @@ def test_every_v1_operation_needs_a_token_and_no_other_does(server):
             else:
                 assert r.status_code == 200, (method, path, r.text)
                 seen["open"] += 1
-    # /v1/model, /v1/detections, /v1/admin/reload, the 5 event routes; health, ready, metrics
-    assert seen == {"v1": 8, "open": 3}
+    # /v1/model, /v1/detections, /v1/admin/reload, the 5 event routes, the 2 delivery-log
+    # routes, /v1/cameras/{id}/preview; health, ready, metrics
+    assert seen == {"v1": 11, "open": 3}

@@ -184,6 +184,7 @@ def lying_zip(method: int, real_size: int, declared: int) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
 def test_a_member_that_lies_about_its_size_stops_at_the_declared_size(method, limits):
     real = 32 << 20

@@ -174,6 +174,7 @@ def test_many_concurrent_streams_each_get_their_own_result(server):
         ], i
 
 
+@pytest.mark.slow
 def test_slow_sender_among_fast_ones(server):
     """A client trickling frames slower than real time is scored by its timestamps, exactly as
     a fast one, while bursts from other streams come and go."""

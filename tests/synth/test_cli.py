@@ -10,6 +10,7 @@ from training.datasets import NTUDataset, PKUMMDDataset
 TINY = ["--size", "24x32", "--color-size", "24x32", "--workers", "1"]
 
 
+@pytest.mark.slow
 def test_classification_tree_reads_back_with_both_subsets(tmp_path, capsys):
     out = tmp_path / "ntu"
     assert main(["classification", "--out", str(out), "--samples", "8", "--seed", "3", *TINY]) == 0

@@ -177,6 +177,7 @@ def _frames(action: int, seed: int) -> tuple[int, int]:
     return seed, classification_sample(action, 1, 1, seed=seed, **TINY).num_frames
 
 
+@pytest.mark.slow
 def test_generate_many_keeps_job_order_across_workers():
     jobs = [dict(action=1 + i % 3, seed=i) for i in range(5)]
     serial = list(generate_many(_frames, jobs, workers=1, progress=False))

@@ -19,6 +19,7 @@ def example() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(LOGITS).unsqueeze(1), torch.tensor(REPRS).unsqueeze(1)
 
 
+@pytest.mark.slow
 def test_knowledge_distillation_by_hand():
     def soft_cross_entropy_minus_entropy(teacher, student, t):
         z_t = sum(math.exp(v / t) for v in teacher)

@@ -45,6 +45,7 @@ def test_errors_exit_2_with_a_message_and_no_traceback(tmp_path, capsys, argv, m
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_a_stage_with_a_state_needs_resume(tmp_path, capsys):
     make_classification_cache(tmp_path / "cache" / "ntu")  # the default cache location
     (tmp_path / "pretrain").mkdir()

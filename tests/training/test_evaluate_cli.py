@@ -2,12 +2,15 @@
 
 import json
 
+import pytest
+
 from tests.helpers.caches import TINY, make_detection_cache
 from training.cli import main
 
 DETECTOR = [*TINY, "transfer=false", "target.modalities=[depth]", "target.activity_threshold=0.3"]
 
 
+@pytest.mark.slow
 def test_evaluate_with_another_target_config_is_refused_unless_forced(tmp_path, capsys):
     make_detection_cache(tmp_path / "cache" / "pku")  # the default target cache location
     workdir = ["--workdir", str(tmp_path)]

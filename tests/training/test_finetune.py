@@ -61,6 +61,7 @@ def test_the_class_list_extends_the_models_and_refuses_conflicts():
             extended_classes(MODEL, site)
 
 
+@pytest.mark.slow
 def test_the_site_cache_names_its_classes_and_splits_by_recording(cache):
     c = Cache(cache)
     assert class_names(c, 3) == SITE[:3]  # meta.json classes, not class_<id>
@@ -90,12 +91,8 @@ def test_a_bundles_weights_reproduce_its_onnx_outputs(bundle, cache):
 
 
 @pytest.mark.slow
-def test_finetune_adds_the_new_class_and_reports_before_and_after(bundle, cache, tmp_path, capsys):
-    work, out = tmp_path / "ft", tmp_path / "site-model"
-    args = ["finetune", "--from", str(bundle), "--cache", str(cache), "--workdir", str(work),
-            "--epochs", "1", "--export", str(out), *TINY]  # fmt: skip
-    assert main(args) == 0
-    printed = capsys.readouterr().out
+def test_finetune_adds_the_new_class_and_reports_before_and_after(bundle, finetuned):
+    work, out, printed = finetuned  # gd-train finetune --epochs 1 --export, on the tiny site
     assert "mAP before: @0.1" in printed and "mAP after:  @0.1" in printed
     report = json.loads((work / "finetune.json").read_text())
     assert report["classes"] == ["background", *EXTENDED]
@@ -153,6 +150,7 @@ def other_size(meta):
         ("checkpoint", None, ["--epochs", "0"], "--epochs must be >= 1"),
     ],
 )
+@pytest.mark.slow
 def test_bad_inputs_are_refused_with_a_message(
     cache, tmp_path, capsys, start, edit, extra, message
 ):

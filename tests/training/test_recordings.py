@@ -46,6 +46,7 @@ def cache(site, tmp_path_factory):
     return Cache(out)
 
 
+@pytest.mark.slow
 def test_synthetic_recordings_hold_depth_and_colour_and_their_labels_check_clean(site, capsys):
     names = sorted(p.name for p in site.glob("*.db3"))
     assert names == ["site-001.db3", "site-002.db3", "site-003.db3"]
@@ -57,6 +58,7 @@ def test_synthetic_recordings_hold_depth_and_colour_and_their_labels_check_clean
                         "--classes", classes]) == 0  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_cache_holds_one_detection_sample_per_recording(site, cache):
     assert cache.modalities == ["depth", "rgb", "flow"]
     classes = (site / "classes.txt").read_text().split("\n")[:-1]
@@ -75,6 +77,7 @@ def test_the_cache_holds_one_detection_sample_per_recording(site, cache):
                     if v == "test"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_depth_equals_the_servers_preprocessing_of_the_same_recording(site, cache):
     spec = clip_spec(cache, **GEOMETRY)
     norm = Normalizer(cache, "depth", spec)
@@ -88,6 +91,7 @@ def test_depth_equals_the_servers_preprocessing_of_the_same_recording(site, cach
         assert np.array_equal(trained, served)
 
 
+@pytest.mark.slow
 def test_rgb_is_the_colour_frame_nearest_each_kept_depth_frame(site, cache):
     s = settings(site)
     for i, sample in enumerate(cache.samples):
@@ -102,6 +106,7 @@ def test_rgb_is_the_colour_frame_nearest_each_kept_depth_frame(site, cache):
         assert flow.shape == (sample.length, *SIZE, 2) and np.isfinite(flow).all()
 
 
+@pytest.mark.slow
 def test_training_reads_windows_from_the_cache(cache):
     spec = clip_spec(cache, **GEOMETRY)
     windows = DetectionWindows(cache, subset_samples(cache, "train"), ["depth", "rgb"], spec)
@@ -111,6 +116,7 @@ def test_training_reads_windows_from_the_cache(cache):
     assert item["label"].shape == (3,)
 
 
+@pytest.mark.slow
 def test_corrupt_recordings_are_named_and_skipped(site, tmp_path, capsys):
     root = tmp_path / "site"
     shutil.copytree(site, root)
@@ -129,6 +135,7 @@ def test_corrupt_recordings_are_named_and_skipped(site, tmp_path, capsys):
     assert "every sample failed" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bad_labels_stop_prep_before_any_work(site, tmp_path, capsys):
     root = tmp_path / "site"
     shutil.copytree(site, root)

@@ -66,6 +66,7 @@ def test_pretrain_writes_deployable_classifiers_metrics_and_skips_when_done(cach
     assert (tmp_path / "pretrain" / "depth.pt").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_prior_is_set_from_validation_accuracy_when_the_curriculum_reaches_it(caches, tmp_path):
     cfg = config(caches)
     run_stage(cfg, tmp_path, "pretrain")
@@ -121,6 +122,7 @@ def test_resume_refuses_another_config(caches, tmp_path):
         run_stage(other, tmp_path, "pretrain", resume=True)
 
 
+@pytest.mark.slow
 def test_transfer_initialises_the_target_encoders_from_the_source_classifiers(caches, tmp_path):
     cfg = config(caches)
     with pytest.raises(TrainingError, match="run gd-train pretrain first"):
@@ -136,6 +138,7 @@ def test_transfer_initialises_the_target_encoders_from_the_source_classifiers(ca
     assert not torch.equal(scratch.nets["depth"].encoder.conv1.weight, source)
 
 
+@pytest.mark.slow
 def test_student_mode_trains_teachers_alone_then_the_student_from_frozen_teachers(caches, tmp_path):
     cfg = config(caches, "distill.mode=student", "distill.student=depth")
     teachers_phase, student_phase = build_pretrain(cfg, tmp_path)

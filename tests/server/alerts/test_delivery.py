@@ -9,44 +9,17 @@ import json
 import random
 import socket
 import threading
-import time
-from collections.abc import Callable, Collection
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from collections.abc import Collection
+from dataclasses import replace
+from datetime import datetime, timedelta
 
 import httpx
 import pytest
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from server.events.delivery import WebhookDeliverer, backoff_s, message_id, retry_after_s
 from server.events.rules import WebhookDestination
 from server.events.types import Delivery
-from server.events.webhooks import WebhookVerificationError, new_secret, verify
-from tests.helpers.live import uvicorn_server
-
-T0 = datetime(2026, 12, 3, 6, 0, 0, tzinfo=UTC)
-SECRETS = (new_secret(), new_secret())  # newest first, as in a rules file mid-rotation
-POLL_S = 1.0
-
-
-class Clock:
-    """The deliverer's clock and sleep: sleeping moves the time on at once."""
-
-    def __init__(self) -> None:
-        self.now = T0
-        self.on_sleep: Callable[[], None] = lambda: None
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-        self.on_sleep()
-        await asyncio.sleep(0)
+from tests.helpers.webhooks import POLL_S, SECRETS, T0, Clock, Receiver, deliver_all
 
 
 class MemoryOutbox:
@@ -110,52 +83,11 @@ class MemoryOutbox:
     def dead(self, delivery_id: int, now: datetime, error: str, status: int | None) -> None:
         self._outcome("dead", delivery_id, now, status, state="dead", last_error=error)
 
-
-@dataclass
-class Received:
-    at: datetime
-    headers: dict[str, str]
-    body: bytes
-    problem: str | None  # why verification failed; None: a valid signed delivery
-
-
-class Receiver:
-    """A webhook endpoint on loopback that answers from a script, then 200."""
-
-    def __init__(
-        self, clock: Clock, answers: list[tuple[int, dict[str, str]]], takes: timedelta
-    ) -> None:
-        self.clock, self.answers, self.takes = clock, list(answers), takes
-        self.received: list[Received] = []
-        app = Starlette(routes=[Route("/hook", self.hook, methods=["POST"])])
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
-        config = uvicorn.Config(app, log_level="warning", lifespan="off")
-        self.server = uvicorn_server(config)
-        self.thread = threading.Thread(target=self.server.run, args=([self.sock],), daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "no receiver"
-            time.sleep(0.01)
-
-    async def hook(self, request: Request) -> Response:
-        body = await request.body()
-        try:
-            verify(body, request.headers, [SECRETS[1]], now=self.clock())  # the older secret
-            problem = None
-        except WebhookVerificationError as e:
-            problem = str(e)
-        self.received.append(Received(self.clock(), dict(request.headers), body, problem))
-        self.clock.now += self.takes  # how long the receiver takes to answer, in fake time
-        status, headers = self.answers.pop(0) if self.answers else (200, {})
-        return Response(status_code=status, headers=headers)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
+    def release(self, delivery_ids: Collection[int], at: datetime) -> None:
+        with self.lock:
+            for i in delivery_ids:
+                if self.rows[i].state == "pending":
+                    self.rows[i] = replace(self.rows[i], next_attempt_at=at)
 
 
 @pytest.fixture
@@ -179,25 +111,6 @@ def destination(url: str, **fields) -> WebhookDestination:
 
 def alert(n: int = 1) -> dict:
     return {"type": "alert.started", "timestamp": "2026-12-03T06:00:00Z", "data": {"n": n}}
-
-
-def deliver_all(outbox: MemoryOutbox, destinations: dict, clock: Clock, limit_s: float = 86400):
-    """Run the deliverer until nothing is pending (or a day of fake time has passed)."""
-
-    async def scenario() -> None:
-        async with httpx.AsyncClient() as client:
-            deliverer = WebhookDeliverer(
-                outbox, destinations, client, clock, clock.sleep, random.Random(7), POLL_S
-            )
-
-            def maybe_stop() -> None:
-                if not outbox.pending() or clock.now > T0 + timedelta(seconds=limit_s):
-                    deliverer.stop()
-
-            clock.on_sleep = maybe_stop
-            await deliverer.run()
-
-    asyncio.run(scenario())
 
 
 def test_500_then_429_with_retry_after_then_200(receivers):

@@ -4,16 +4,15 @@ and the history, and review buttons whose effect the API shows."""
 
 import dataclasses
 import threading
-from typing import Any
 
 import httpx
 import pytest
 
+from tests.helpers.browser import WAIT_MS, sign_in
 from tests.helpers.live import TOKEN, LiveServer, hello
 from tests.helpers.streams import stream
 
 pytestmark = pytest.mark.slow
-WAIT_MS = 20_000  # for what the page shows after the server stored it (1 s flushes, 2 s polls)
 
 
 @pytest.fixture(scope="module")
@@ -22,31 +21,6 @@ def live(test_settings, tmp_path_factory):
     server = LiveServer(dataclasses.replace(test_settings, events_db=str(db)))
     yield server
     server.stop()
-
-
-@dataclasses.dataclass
-class Tab:
-    """A page, what it logged as errors (CSP refusals, script failures) and what it asked."""
-
-    page: Any
-    errors: list[str] = dataclasses.field(default_factory=list)
-    requests: list[Any] = dataclasses.field(default_factory=list)
-
-    def console(self, message) -> None:
-        # the browser's own line for each 4xx answer (a refused token) is expected
-        if message.type == "error" and not message.text.startswith("Failed to load resource"):
-            self.errors.append(message.text)
-
-
-@pytest.fixture
-def tab(browser):
-    context = browser.new_context()
-    tab = Tab(context.new_page())
-    tab.page.on("pageerror", lambda e: tab.errors.append(str(e)))
-    tab.page.on("console", lambda m: tab.console(m))
-    tab.page.on("request", lambda r: tab.requests.append(r))
-    yield tab
-    context.close()
 
 
 def api(live, path: str, **params) -> dict:
@@ -65,21 +39,12 @@ def send(live, camera: str) -> threading.Thread:
     return sender
 
 
-def sign_in(page, live, token: str = TOKEN) -> None:
-    from playwright.sync_api import expect
-
-    page.goto(live.url + "/")
-    expect(page.locator("#login")).to_be_visible()
-    page.fill("#token", token)
-    page.click("#login-form button[type=submit]")
-
-
 def test_sign_in_refuses_a_wrong_token_and_sends_the_right_one_only_in_a_header(tab, live):
     from playwright.sync_api import expect
 
     page = tab.page
 
-    sign_in(page, live, "not-the-token")
+    sign_in(page, live.url, "not-the-token")
     expect(page.locator("#login-error")).to_have_text("The server refused that token.")
     expect(page.locator("main")).to_be_hidden()
     page.fill("#token", TOKEN)
@@ -104,7 +69,7 @@ def test_a_streamed_camera_shows_and_its_alerts_are_reviewed_through_the_page(ta
     page = tab.page
 
     camera = "ward-3-bed-2"
-    sign_in(page, live)
+    sign_in(page, live.url)
     # the queue is loaded and the feed live: from here on, new events come through the feed
     expect(page.locator("#alerts")).to_have_attribute("data-loaded", "true", timeout=WAIT_MS)
     expect(page.locator("#feed-status")).to_have_text("feed: live", timeout=WAIT_MS)
@@ -166,7 +131,7 @@ def test_without_the_feed_the_queue_follows_the_store_by_reading_it_again(tab, l
 
     page, camera = tab.page, "ward-4-bed-1"
     page.route("**/v1/events/feed", lambda route: route.abort())
-    sign_in(page, live)
+    sign_in(page, live.url)
     expect(page.locator("#alerts")).to_have_attribute("data-loaded", "true", timeout=WAIT_MS)
     expect(page.locator("#feed-status")).to_have_text("feed: retrying", timeout=WAIT_MS)
     assert page.evaluate("document.body.dataset.alerted") is None

@@ -220,6 +220,7 @@ def test_a_listener_that_raises_does_not_end_the_stream(make_server, events_sett
     assert len(get(server, "/v1/events").json()["events"]) == len(result.ends) == 2
 
 
+@pytest.mark.slow  # over a second (docs/testing.md, "The suite's time")
 def test_a_stream_gone_mid_action_ends_its_event(make_server, events_settings):
     server = make_server(events_settings)
     first_action_end = ACTIONS[0][1]

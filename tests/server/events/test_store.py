@@ -253,7 +253,8 @@ def test_an_event_whose_rules_fail_is_not_written_without_its_alerts(store):
 def test_the_outbox_claims_due_rows_and_records_each_attempt(store):
     store.policy = FallAlerts(cooldown=timedelta(0))
     for n in range(3):
-        store.add_event(record(0, id=f"fall-{n}"), T0)
+        # one camera each: a camera's later alert waits behind its earlier ones
+        store.add_event(record(0, id=f"fall-{n}", camera_id=f"cam-{n}"), T0)
     assert store.due(["elsewhere"], T0, 10) == [] and store.due([], T0, 10) == []
     first = store.due(["pager"], T0, 2)
     assert [d.event_id for d in first] == ["fall-0", "fall-1"]  # oldest first, `limit` rows
@@ -278,6 +279,30 @@ def test_the_outbox_claims_due_rows_and_records_each_attempt(store):
     assert [d.event_id for d in store.deliveries("fall-1")] == ["fall-1"]
     # the claim of fall-2 ran out: it is due again
     assert [d.event_id for d in store.due(["pager"], T0 + CLAIM, 10)] == ["fall-2"]
+
+
+def test_released_rows_are_due_again_when_said_without_an_attempt(store):
+    store.policy = FallAlerts(cooldown=timedelta(0))
+    for n in range(2):
+        store.add_event(record(0, id=f"fall-{n}", camera_id=f"cam-{n}"), T0)
+    a, b = store.due(["pager"], T0, 10)
+    store.delivered(a.id, T0, 200)
+    store.release([a.id, b.id], T0 + timedelta(seconds=2))  # a delivered row stays delivered
+    assert store.due(["pager"], T0 + timedelta(seconds=1), 10) == []  # not before `at`
+    again = store.due(["pager"], T0 + timedelta(seconds=2), 10)
+    assert [(d.event_id, d.attempts) for d in again] == [("fall-1", 0)]  # long before CLAIM
+    assert {d.event_id: d.state for d in store.deliveries()}["fall-0"] == "delivered"
+
+
+def test_running_confidences_are_written_together_and_skip_deleted_events(store):
+    for n in range(2):
+        store.add_event(record(n, end=None), T0)
+    changes = store.update_confidences({record(0).id: 0.25, "gone": 0.5, record(1).id: 0.75}, T0)
+    assert [(c.change, c.event.id, c.event.confidence) for c in changes] == [
+        ("updated", record(0).id, 0.25),
+        ("updated", record(1).id, 0.75),
+    ]
+    assert store.get(record(1).id).confidence == 0.75
 
 
 def test_retention_takes_an_events_deliveries_with_it(store):

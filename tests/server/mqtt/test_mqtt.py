@@ -161,6 +161,7 @@ def test_last_will_when_the_publisher_dies(broker):
         live.close()
 
 
+@pytest.mark.slow  # over a second (docs/testing.md, "The suite's time")
 def test_messages_published_while_the_broker_is_down_arrive_after_it_returns(broker):
     # A persistent subscriber session: the broker keeps it (and queues for it) across restart.
     live = Subscriber(broker.port, ["gd/+/events", "gd/status"], "gd-test-sub", clean=False)
