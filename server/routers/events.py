@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -98,6 +99,12 @@ class ReviewRequest(BaseModel):
 class TopAction(BaseModel):
     label: str
     score: float
+
+
+# A server killed mid-stream never stores its cameras' disconnection; a camera scored nothing
+# this long (a clip a second while streaming, the idle timeout closes a silent one in 30 s) is
+# reported disconnected all the same.
+STALE_AFTER = timedelta(minutes=2)
 
 
 class CameraOut(BaseModel):
@@ -278,7 +285,15 @@ def reviewer(request: Request) -> str:
 def list_cameras(events: EventsDep) -> CamerasResponse:
     """Every camera the server has seen, connected or not (states stored at most a second
     after they change)."""
-    return CamerasResponse(cameras=[CameraOut.of(r) for r in events.store.cameras()])
+    now = events.clock()
+    return CamerasResponse(cameras=[CameraOut.of(stale(r, now)) for r in events.store.cameras()])
+
+
+def stale(r: CameraRecord, now: datetime) -> CameraRecord:
+    """`r`, disconnected if its server stopped without saying so (see STALE_AFTER)."""
+    if r.connected and now - r.last_seen > STALE_AFTER:
+        return dataclasses.replace(r, connected=False)
+    return r
 
 
 # --- the delivery log ----------------------------------------------------------------------
