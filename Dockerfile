@@ -39,6 +39,7 @@ RUN apt-get update \
     && mkdir /data && chown 10001 /data
 COPY --from=server-build /opt/venv /opt/venv
 COPY models/default/ /app/models/default/
+COPY models/default-fullframe/ /app/models/default-fullframe/
 # hadolint ignore=DL3064
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -86,6 +87,7 @@ RUN apt-get update \
     && mkdir /data && chown 10001 /data
 COPY --from=gpu-build /opt/venv /opt/venv
 COPY models/default/ /app/models/default/
+COPY models/default-fullframe/ /app/models/default-fullframe/
 # hadolint ignore=DL3064
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -100,12 +100,15 @@ default-model: setup
 	$(LIVE) --camera d435-vga --size 120x160 --seeds 1000 1001 1002 --out $(DEFAULT_RUN)/live/d435-vga
 	$(LIVE) --camera d435-vga --size 120x160 --difficulty 0.5 --seeds 1000 \
 		--out $(DEFAULT_RUN)/live/difficulty-0.5
+	$(LIVE) --camera d435-vga --size 120x160 --seeds 1000 1001 1002 --no-references \
+		--out $(DEFAULT_RUN)/live/no-references
 	$(BIN)/python bench/live_accuracy.py --model models/default-int8 --all-videos \
 		--score-delay $(DEFAULT_SCORE_DELAY) --camera d435-vga --size 120x160 --seeds 1000 1001 1002 \
 		--out $(DEFAULT_RUN)/live/int8-d435-vga
 	$(BIN)/python -m export.card models/default --command "make default-model" \
 		--live $(DEFAULT_RUN)/live/d435-vga/summary.json \
-		--live $(DEFAULT_RUN)/live/difficulty-0.5/summary.json
+		--live $(DEFAULT_RUN)/live/difficulty-0.5/summary.json \
+		--live $(DEFAULT_RUN)/live/no-references/summary.json
 	$(BIN)/python -m export.card models/default-int8 --command "make default-model" \
 		--live $(DEFAULT_RUN)/live/int8-d435-vga/summary.json
 

@@ -12,7 +12,12 @@ What it does, for each seed (one held-out data set each):
    from `--out`/data when already there), or takes `--data DIR`. The videos scored are the
    test split (line 4 of `split/cross-subject.txt`), or all of them with `--all-videos`.
 2. Starts a real `gd-serve` subprocess on a free loopback port with a temporary token file
-   and `--max-streams` raised to the number of videos, and waits for `/readyz`.
+   and `--max-streams` raised to the number of videos, and waits for `/readyz`. For a
+   person-crop model it then stores each scored video's empty-room reference
+   (`<data>/reference/<video>.png`, written by gd-synth) for the video's camera id
+   (`<data folder>_<video>`) through `Client.put_reference`, as a site does once per camera
+   with `gd-stream reference`; `--no-references` deletes them instead, to measure the model
+   where no reference was captured yet (whole frames).
 3. Streams every test video at once over `WS /v1/stream`, each at real-time pace: frame i is
    sent at `t0 + timestamp_i` (the streams' t0 spread over one clip period: cameras are not
    synchronized). With `--reduce` (the default, as `gd-stream` does) the frames are reduced
@@ -38,8 +43,10 @@ already open before the action began. Actions without a matching start event cou
 Median and p90 are over matched actions.
 
 Output: a table on stdout, and under `--out` (default runs/live_accuracy): `summary.json`
-(every figure, per seed and as mean ± std), `seed-N/live/` and `seed-N/upload/` (the
-prediction files), `seed-N/ground_truth/` (the scored videos' labels), `server.log`.
+(every figure, per seed and as mean ± std; `references`: whether the server had the cameras'
+references, i.e. a person-crop model without `--no-references`), `seed-N/live/` and
+`seed-N/upload/` (the prediction files), `seed-N/ground_truth/` (the scored videos' labels),
+`server.log`.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ from clients.api import ActionEnd, ActionStart, Client, End, ServerWarning, pars
 from clients.sources import open_file  # noqa: E402
 from core.bundle import load_bundle  # noqa: E402
 from core.clip import ClipSpec, DepthPreprocessor, frame_timestamps_us, parse_size, resample_indices  # noqa: E402
+from core.depthfiles import DepthFileError, decode_png_depth  # noqa: E402
 from core.labels import read_label_dir, read_label_file, write_label_file  # noqa: E402
 from core.metrics import DEFAULT_TIOUS, evaluate_detection  # noqa: E402
 from core.wire import ENCODINGS, Hello, pack_frame, parse_json, parse_ready  # noqa: E402
@@ -124,9 +132,42 @@ def load_video(root: Path, name: str, fps: float, spec: ClipSpec | None) -> Vide
     index = np.arange(len(frames))
     if spec is not None:
         index = resample_indices(ts, spec.kept_fps)  # what the server's resampler keeps
-        frames = DepthPreprocessor(spec, *frames.shape[1:]).to_millimetres(frames[index])
+        if spec.person_crop:  # the server crops each clip at camera size: resample only
+            frames = frames[index]
+        else:
+            frames = DepthPreprocessor(spec, *frames.shape[1:]).to_millimetres(frames[index])
     gt = read_label_file(root / "label" / f"{name}.txt")
     return Video(name, depth_dir, gt, ts, np.ascontiguousarray(frames), index)
+
+
+def camera_id(video: Video) -> str:
+    """Unique over seeds (their video names repeat): `<data folder>_<video>`."""
+    return f"{video.depth_dir.parent.parent.name}_{video.name}"
+
+
+def read_references(root: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """Each video's empty-room reference, `<root>/reference/<video>.png` (gd-synth's)."""
+    references = {}
+    for name in names:
+        path = root / "reference" / f"{name}.png"
+        try:
+            references[name] = decode_png_depth(path.read_bytes())
+        except (OSError, DepthFileError) as e:
+            raise SystemExit(
+                f"live_accuracy: {path}: {e}; a person-crop model needs each video's empty-room "
+                "reference (gd-synth writes them; regenerate the data), or give --no-references"
+            ) from e
+    return references
+
+
+def set_references(client: Client, videos: list[Video], references: dict[str, np.ndarray] | None):
+    """Store each video's reference for its camera id, or without `references` delete it (the
+    server's event store outlives a run)."""
+    for v in videos:
+        if references is None:
+            client.delete_reference(camera_id(v))
+        else:
+            client.put_reference(camera_id(v), references[v.name])
 
 
 def synth_offers(option: str) -> bool:
@@ -263,7 +304,7 @@ async def stream_video(video: Video, args, server: Server, start: float, run: St
     loop = asyncio.get_running_loop()
     height, width = video.frames.shape[1:]
     hello = {
-        "camera_id": video.name,
+        "camera_id": camera_id(video),
         "width": width,
         "height": height,
         "fps": args.fps,
@@ -451,7 +492,15 @@ def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
-def run_seed(args, server: Server, root: Path, out: Path, spec: ClipSpec, num_classes: int) -> dict:
+def run_seed(
+    args,
+    server: Server,
+    root: Path,
+    out: Path,
+    spec: ClipSpec,
+    num_classes: int,
+    references: dict[str, np.ndarray] | None = None,
+) -> dict:
     from tqdm import tqdm
 
     names = scored_videos(root, args.all_videos)
@@ -459,12 +508,15 @@ def run_seed(args, server: Server, root: Path, out: Path, spec: ClipSpec, num_cl
         load_video(root, n, args.fps, spec if args.reduce else None)
         for n in tqdm(names, desc="loading", unit="video")
     ]
+    client = Client(server.url, server.token)
+    if spec.person_crop:  # before the streams and uploads, as a site captures them first
+        set_references(client, videos, references)
     spread = spec.clip_step / spec.kept_fps  # one clip period
     runs = asyncio.run(stream_all(videos, args, server, spread))
-    client = Client(server.url, server.token)
     uploads = {}
     for v in tqdm(videos, desc="uploading", unit="video"):
-        uploads[v.name] = upload_rows(client.upload(v.depth_dir, fps=args.fps).detections)
+        found = client.upload(v.depth_dir, fps=args.fps, camera_id=camera_id(v))
+        uploads[v.name] = upload_rows(found.detections)
 
     gt_dir = out / "ground_truth"
     write_predictions(gt_dir, {v.name: v.gt for v in videos})
@@ -670,6 +722,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     s.add_argument("--encoding", choices=ENCODINGS, default="zstd", help="frame encoding (zstd)")
     s.add_argument(
+        "--references",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="for a person-crop model, store each video's empty-room reference on the server "
+        "first (default); --no-references measures the model without them (whole frames, "
+        "what a site gets before capturing one)",
+    )
+    s.add_argument(
         "--score-delay",
         type=int,
         metavar="D",
@@ -712,6 +772,12 @@ def main(argv: list[str] | None = None) -> int:
         token_file = Path(tmp) / "tokens"
         token_file.write_text(secrets.token_hex(16) + "\n")
         max_streams = max(len(scored_videos(r, args.all_videos)) for r in roots.values()) + 1
+        use_references = bundle.clip.person_crop and args.references
+        references = {  # read before the server starts: a missing one fails at once
+            seed: read_references(root, scored_videos(root, args.all_videos))
+            for seed, root in roots.items()
+            if use_references
+        }
         server = start_server(args, max_streams, token_file)
         try:
             seeds = {}
@@ -719,11 +785,14 @@ def main(argv: list[str] | None = None) -> int:
                 out = args.out / f"seed-{seed}"
                 shutil.rmtree(out, ignore_errors=True)
                 print(f"seed {seed}: {root}", flush=True)
-                seeds[seed] = run_seed(args, server, root, out, bundle.clip, bundle.num_classes)
+                seeds[seed] = run_seed(args, server, root, out, bundle.clip, bundle.num_classes,
+                                       references.get(seed))  # fmt: skip
         finally:
             stop(server)
     summary = {
         "model": {"path": str(args.model), "name": bundle.name, "version": bundle.version},
+        # whether the server had the cameras' references (null: the model does not crop)
+        "references": use_references if bundle.clip.person_crop else None,
         "config": {
             "mode": f"{'reduced' if args.reduce else 'raw'} {args.encoding}",
             "tiou": list(args.tiou),

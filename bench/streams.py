@@ -318,10 +318,11 @@ def server_p99(before: dict[str, float], after: dict[str, float]) -> float | Non
     return next((le for le, n in buckets if n >= 0.99 * total), float("inf"))
 
 
-async def run_step(server: Server, mode: str, n: int, spec: ClipSpec, seconds: float) -> Step:
+async def run_step(
+    server: Server, mode: str, n: int, spec: ClipSpec, seconds: float, warmup: float = 3.0
+) -> Step:
     step = Step(server.kind, mode, n)
     payloads, fps, h, w = make_frames(spec, mode)
-    warmup = 3.0
     period = spec.clip_step / spec.kept_fps  # one clip: stagger the starts over it
     measure_from = time.perf_counter() + warmup + period
     cpu0, own0, busy0 = cpu_seconds(server.proc.pid), time.process_time(), machine_busy_seconds()
@@ -539,11 +540,14 @@ def store_counts(db: Path) -> tuple[int, dict[str, int]]:
     return events, dict(rows)
 
 
-def store_costs(tmp: Path, rules: Path, bundle: ModelBundle, cameras: int = 64) -> None:
+def store_costs(
+    tmp: Path, rules: Path, bundle: ModelBundle, calls: int = 20, cameras: int = 64
+) -> None:
     """CPU milliseconds of the store calls the event path makes (SQLite, in this process),
-    with the alert rules and without: what a stream costs the store's thread each second
-    (an open event's running confidence, its camera's state) and what the deliverer's poll
-    costs (once a second, whatever the streams)."""
+    with the alert rules and without: what a stream costs the store's thread (an open event's
+    running confidence, written in a flush's one transaction at most every few seconds,
+    after its alert; its camera's state, each second) and what the deliverer's poll costs
+    (once a second, whatever the streams)."""
     import uuid
     from datetime import UTC, datetime, timedelta
 
@@ -568,11 +572,14 @@ def store_costs(tmp: Path, rules: Path, bundle: ModelBundle, cameras: int = 64) 
             ids.append(record.id)
         states = [CameraRecord(f"cam-{i}", now, now, True, 10.0, 0, 0) for i in range(cameras)]
         later, long_ago = now + timedelta(seconds=1), now - timedelta(days=1)
-        update = ms(lambda k: store.update_event(ids[k % cameras], later, confidence=0.5), 500)
-        save = ms(lambda k: store.save_cameras(states), 20) / cameras
-        due = ms(lambda k: store.due(["bench"], long_ago, 100), 100)
+        flush = ms(
+            lambda k: store.update_confidences(dict.fromkeys(ids, 0.5 + k / 1e6), later), calls
+        )
+        update = flush / cameras
+        save = ms(lambda k: store.save_cameras(states), calls) / cameras
+        due = ms(lambda k: store.due(["bench"], long_ago, 100), 5 * calls)
         store.close()
-        return (f"running confidence (update_event) {update:.2f}, a camera's state "
+        return (f"running confidence (in a flush of {cameras}) {update:.3f}, a camera's state "
                 f"{save:.3f}, the deliverer's poll (nothing due) {due:.2f}")  # fmt: skip
 
     rules_on = AlertRules.load(rules, bundle.classes[1:])
@@ -581,14 +588,14 @@ def store_costs(tmp: Path, rules: Path, bundle: ModelBundle, cameras: int = 64) 
 
 
 def bisect_streams(
-    server: Server, mode: str, grid: list[int], spec: ClipSpec, seconds: float
+    server: Server, mode: str, grid: list[int], spec: ClipSpec, seconds: float, warmup: float
 ) -> int:
     """The most streams of `grid` the server sustains, by bisection (passing is taken to be
     monotonic in N); 0 when even the first fails."""
     passed, failed = -1, len(grid)  # indexes: grid[passed] passed, grid[failed] failed
     while failed - passed > 1:
         mid = (passed + failed) // 2
-        step = asyncio.run(run_step(server, mode, grid[mid], spec, seconds))
+        step = asyncio.run(run_step(server, mode, grid[mid], spec, seconds, warmup))
         report(step)
         passed, failed = (mid, failed) if step.ok else (passed, mid)
     return grid[passed] if passed >= 0 else 0
@@ -610,12 +617,15 @@ def event_path(
     grid: list[int],
     seconds: float,
     threads: int,
+    warmup: float,
+    store_calls: int,
 ) -> list[Arm]:
     """Off and on, alternating (off/on, then on/off, ...: a drift in the machine's load
-    weighs on both alike); every arm on a fresh server."""
+    weighs on both alike); every arm on a fresh server. A grid of the fixed count alone
+    is not bisected: the fixed step says whether it is sustained."""
     receiver = start_receiver()
     rules = write_rules(tmp / "alerts.yaml", bundle, receiver)
-    store_costs(tmp, rules, bundle)
+    store_costs(tmp, rules, bundle, store_calls)
     arms: list[Arm] = []
     try:
         for r in range(rounds):
@@ -626,10 +636,17 @@ def event_path(
                 server = replace(server, kind="events-on" if on else "events-off")
                 arm = Arm(on)
                 try:
-                    step = asyncio.run(run_step(server, mode, cost_streams, bundle.clip, seconds))
+                    step = asyncio.run(
+                        run_step(server, mode, cost_streams, bundle.clip, seconds, warmup)
+                    )
                     report(step)
                     arm.cpu_per_clip = step.server_cpu * step.wall / max(step.server_clips, 1)
-                    arm.streams = bisect_streams(server, mode, grid, bundle.clip, seconds)
+                    if grid == [cost_streams]:
+                        arm.streams = cost_streams if step.ok else 0
+                    else:
+                        arm.streams = bisect_streams(
+                            server, mode, grid, bundle.clip, seconds, warmup
+                        )
                 finally:
                     stop(server)
                 arms.append(arm)
@@ -679,10 +696,12 @@ def report(step: Step) -> None:
     )
 
 
-def sweep(server: Server, mode: str, counts: list[int], spec: ClipSpec, seconds: float) -> int:
+def sweep(
+    server: Server, mode: str, counts: list[int], spec: ClipSpec, seconds: float, warmup: float
+) -> int:
     best = 0
     for n in counts:
-        step = asyncio.run(run_step(server, mode, n, spec, seconds))
+        step = asyncio.run(run_step(server, mode, n, spec, seconds, warmup))
         report(step)
         if not step.ok:
             break
@@ -693,6 +712,9 @@ def sweep(server: Server, mode: str, counts: list[int], spec: ClipSpec, seconds:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per step")
+    p.add_argument(
+        "--warmup", type=float, default=3.0, help="seconds streamed before each step measures"
+    )
     p.add_argument("--quick", action="store_true", help="fewer, shorter steps")
     p.add_argument("--servers", nargs="*", default=["gd-serve", "naive"])
     p.add_argument("--modes", nargs="+", default=["reduced", "raw"])
@@ -712,6 +734,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=32,
         help="--event-path: the stream count at which each arm's server CPU is measured",
+    )
+    p.add_argument(
+        "--store-calls",
+        type=int,
+        default=20,
+        help="--event-path: store calls timed per figure of the store's costs (polls: 5x)",
     )
     p.add_argument(
         "--model", type=Path, help="a model bundle for gd-serve instead of the random network"
@@ -744,7 +772,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.event_path:
             grid = args.counts or EVENT_GRID
             arms = event_path(bundle, Path(tmp), args.rounds, args.modes[0], args.cost_streams,
-                              grid, seconds, args.threads)  # fmt: skip
+                              grid, seconds, args.threads, args.warmup,
+                              args.store_calls)  # fmt: skip
             print()
             print(summarize(arms))
             print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -764,7 +793,9 @@ def main(argv: list[str] | None = None) -> int:
             server = start(kind, bundle.root, args.threads)
             try:
                 for mode in args.modes:
-                    best[kind, mode] = sweep(server, mode, plans[kind, mode], spec, seconds)
+                    best[kind, mode] = sweep(
+                        server, mode, plans[kind, mode], spec, seconds, args.warmup
+                    )
             finally:
                 stop(server)
         print()

@@ -8,9 +8,13 @@
 
 `frames` yields `(timestamp_us, uint16 [H, W] millimetres)`. The stream reduces them to the
 model's rate and size from the server's `ready` message before sending (the same functions the
-server uses, core.clip), so a stream costs the network a few kB a second. Server refusals and
-closes raise `ApiError` subclasses that carry the server's code, message and status or close
-code.
+server uses, core.clip), so a stream costs the network a few kB a second; a person-crop
+model's kept frames go at the camera's size (the server crops them to the person). Server
+refusals and closes raise `ApiError` subclasses that carry the server's code, message and status
+or close code.
+
+A person-crop model needs each camera's empty-room depth (docs/api.md, *Camera references*):
+`client.put_reference("ward3-bed2", depth)`, `get_reference`, `delete_reference`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, It
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import httpx
 import numpy as np
@@ -33,6 +37,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from clients.sources import ThreadedFrames
 from core.clip import ClipSpec, DepthPreprocessor, TimestampResampler
+from core.depthfiles import DepthFileError, decode_png_depth
 from core.events import (
     ActionEnd,
     ActionStart,
@@ -47,16 +52,25 @@ from core.events import (
     TimestampGap,
     parse_event,
 )
-from core.wire import Hello, Ready, WireError, pack_frame, parse_json, parse_ready
+from core.wire import (
+    Hello,
+    Ready,
+    WireError,
+    encode_image,
+    pack_frame,
+    parse_json,
+    parse_ready,
+)
 
 __all__ = [  # the stream's events come from core.events, re-exported as this client's API
     "ActionEnd", "ActionStart", "ApiError", "BadRequest", "Client", "ConnectionLost",
     "Detection", "Detections", "End", "Event", "FramesDropped", "Idle", "InternalError",
     "Ready", "Score", "Scores", "ServerError", "ServerWarning", "TimestampGap", "TooLarge",
-    "TooManyStreams", "Unauthorized", "event_message", "parse_event",
+    "TooManyStreams", "Unauthorized", "encode_reference", "event_message", "parse_event",
 ]  # fmt: skip
 
 STREAM_PATH, DETECTIONS_PATH, MODEL_PATH = "/v1/stream", "/v1/detections", "/v1/model"
+CAMERAS_PATH = "/v1/cameras"
 UPLOAD_CHUNK = 1 << 20
 
 # --- errors --------------------------------------------------------------------------------
@@ -197,6 +211,7 @@ class Client:
         clip_scores: bool = False,
         progress: Callable[[int, int], None] | None = None,
         filename: str | None = None,
+        camera_id: str | None = None,
     ) -> Detections:
         """Detect actions in a whole video: a `.db3` / `.bag` recording, `.npy` / `.npz`, a zip
         of 16-bit PNGs, a folder of them (zipped on the fly), or such a file's bytes.
@@ -225,6 +240,8 @@ class Client:
         params: dict[str, Any] = {"scores": "true"} if clip_scores else {}
         if fps is not None:
             params["fps"] = fps
+        if camera_id is not None:  # whose empty-room reference a person-crop model uses
+            params["camera_id"] = camera_id
         headers = {
             "Content-Type": f"multipart/form-data; boundary={boundary}",
             "Content-Length": str(total),
@@ -237,7 +254,38 @@ class Client:
         except (KeyError, TypeError, WireError) as e:
             raise ApiError(f"unexpected answer from the server: {e}", "bad_response") from e
 
+    def put_reference(self, camera_id: str, depth: np.ndarray) -> dict[str, Any]:
+        """Store `depth` (uint16 [H, W] millimetres, 0 = no reading, the camera's full frame)
+        as `camera_id`'s empty-room reference; the server's answer says where it keeps it."""
+        return self._request(
+            "PUT", _reference_path(camera_id), content=encode_reference(depth),
+            headers={"Content-Type": "image/png"},
+        )  # fmt: skip
+
+    def get_reference(self, camera_id: str) -> np.ndarray | None:
+        """`camera_id`'s empty-room reference (uint16 [H, W] mm), or None if it has none."""
+        r = self._response("GET", _reference_path(camera_id), not_found_ok=True)
+        if r.status_code == 404:
+            return None
+        try:
+            return decode_png_depth(r.content)
+        except DepthFileError as e:
+            raise ApiError(f"unexpected reference from the server: {e}", "bad_response") from e
+
+    def delete_reference(self, camera_id: str) -> bool:
+        """Forget `camera_id`'s reference; False when it had none."""
+        r = self._response("DELETE", _reference_path(camera_id), not_found_ok=True)
+        return r.status_code != 404
+
     def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        r = self._response(method, path, **kwargs)
+        return r.json() if r.content else {}
+
+    def _response(
+        self, method: str, path: str, not_found_ok: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        """The server's successful answer (or a 404 with `not_found_ok`); else raises the
+        `ApiError` subclass for its status, with the server's code and message."""
         headers = {**self._headers(), **kwargs.pop("headers", {})}
         timeout = httpx.Timeout(30.0, read=self.timeout_s)
         try:
@@ -245,8 +293,8 @@ class Client:
                               **kwargs)  # fmt: skip
         except httpx.TransportError as e:
             raise ConnectionLost(f"cannot reach {self.http_url}: {e}", "unreachable") from e
-        if r.is_success:
-            return r.json()
+        if r.is_success or (not_found_ok and r.status_code == 404):
+            return r
         try:
             error = r.json()["error"]
             code, message = str(error["code"]), str(error["message"])
@@ -306,6 +354,18 @@ class Client:
         finally:
             if owned is not None:
                 owned.close()
+
+
+def _reference_path(camera_id: str) -> str:
+    if not camera_id:
+        raise ValueError("a camera id is needed (the name its streams give in hello)")
+    return f"{CAMERAS_PATH}/{quote(camera_id, safe='')}/reference"
+
+
+def encode_reference(depth: np.ndarray) -> bytes:
+    """uint16 [H, W] mm -> the 16-bit single-channel PNG the server stores."""
+    _check_frame(depth)
+    return encode_image(depth, "png", level=6)  # one image: compress it well
 
 
 def _upload_source(
@@ -398,20 +458,23 @@ class _Reducer:
     The server accepts frames at the model's size (ready.sizes); stamping each kept frame with
     its tick time makes the server's own resampler keep every one of them. Frames are reduced
     with the model's clip spec, its `fit` included (`core.clip.DepthPreprocessor`), so the
-    server makes of a reduced frame exactly what it makes of the camera's frame.
+    server makes of a reduced frame exactly what it makes of the camera's frame. A person-crop
+    model's kept frames go at the camera's size: the server crops each clip to the person's box
+    in the camera's full frame (core.foreground), which a reduced frame no longer has.
     """
 
     def __init__(self, ready: Ready, height: int, width: int) -> None:
         spec = ready.clip
         self.resampler = TimestampResampler(spec.kept_fps)
-        small = (spec.height, spec.width) in ready.sizes
+        self.whole = spec.person_crop  # resampled, not reduced
+        small = (spec.height, spec.width) in ready.sizes and not self.whole
         self.reduce = DepthPreprocessor(spec, height, width).to_millimetres if small else None
 
     def __call__(self, index: int, t: int, image: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
-        if self.reduce is None:  # a server that wants full frames: it resamples them itself
+        if self.reduce is None and not self.whole:  # a server that resamples full frames itself
             return [(t, index, image)]
         return [
-            (self.resampler.tick_time(tick), i, self.reduce(kept))
+            (self.resampler.tick_time(tick), i, kept if self.reduce is None else self.reduce(kept))
             for tick, (i, kept) in self.resampler.push(t, (index, image))
         ]
 

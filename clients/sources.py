@@ -4,7 +4,8 @@
   hole-filling filters);
 - `open_file`: a RealSense `.bag` / `.db3` recording (librealsense playback), a `.npy` / `.npz`
   array, or a folder of 16-bit PNG frames;
-- `synth`: a scripted synthetic scene from `synth.generate.detection_video`.
+- `synth`: a scripted synthetic scene from `synth.generate.detection_video`;
+- `synth_room`: that scene's room without anyone in it (an empty-room reference's frames).
 
 `paced` plays any source at its own timestamps, and `ThreadedFrames` reads a blocking source
 on a thread of its own so that the streamer's event loop never waits on a camera or a disk.
@@ -13,6 +14,7 @@ on a thread of its own so that the streamer's event loop never waits on a camera
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +55,9 @@ class Source:
     name: str  # default camera id
     live: bool = False  # a camera: it runs in real time and never waits for the server
     truth: TruthCheck | None = None  # a synthetic scene's true actions, added as each plays
+    # Called with a synthetic scene's empty room before its frames (a synthetic camera knows
+    # it): the streamer stores it as the camera's reference, as an installer would capture it.
+    on_room: list[Callable[[np.ndarray], None]] | None = None
 
 
 # --- files ---------------------------------------------------------------------------------
@@ -263,34 +268,58 @@ def synth(
 ) -> Source:
     """Scripted PKU-MMD-style videos of `actions` actions each; with `loop`, a new video (the
     next seed) follows each one forever, rendered while the previous one plays."""
-    from synth.generate import TARGET_CLASSES, SynthError, class_names, detection_video
+    from synth.generate import TARGET_CLASSES, SynthError, class_names, detection_shot
 
     names = class_names(TARGET_CLASSES)
     truth = TruthCheck()
 
-    def video(k: int) -> tuple[np.ndarray, float, list]:  # depth only: the RGB is freed at once
-        rec = detection_video(seed + k, subject=1, camera=2, n_actions=actions, size=size)
-        return rec.depth, rec.fps, rec.segments
+    def video(k: int) -> tuple[np.ndarray, float, list, np.ndarray]:  # depth only
+        shot = detection_shot(seed + k, subject=1, camera=2, n_actions=actions, size=size)
+        rec = shot.film()
+        return rec.depth, rec.fps, rec.segments, shot.reference()
 
     try:
         first = video(0)  # bad arguments fail here, before anything connects
     except SynthError as e:
         raise SourceError(f"synthetic scene: {e}") from e
 
+    on_room: list[Callable[[np.ndarray], None]] = []
+
     def frames() -> Iterator[Frame]:
-        (depth, fps, segments), offset_us, k = first, 0, 0
+        (depth, fps, segments, room), offset_us, k = first, 0, 0
         with ThreadPoolExecutor(1, thread_name_prefix="gd-synth") as pool:
             while True:
                 following = pool.submit(video, k + 1) if loop else None
+                for store in on_room:
+                    store(room)
                 truth.add(true_actions(segments, names, fps, offset_us / 1e6))
                 ts = frame_timestamps_us(len(depth), fps) + offset_us
                 yield from zip(ts.tolist(), depth, strict=True)
                 if following is None:
                     return
                 offset_us = int(ts[-1]) + round(1e6 / fps)
-                (depth, fps, segments), k = following.result(), k + 1
+                (depth, fps, segments, room), k = following.result(), k + 1
 
-    return Source(frames(), first[1], "synth", truth=truth)
+    return Source(frames(), first[1], "synth", truth=truth, on_room=on_room)
+
+
+def synth_room(
+    seed: int = 0, actions: int = 5, size: tuple[int, int] = (96, 128), fps: float = 30.0
+) -> Source:
+    """The empty room of `synth(seed, actions, size)`'s first video as its camera sees it,
+    noise-free (the same frame at `fps`, forever): what `gd-stream reference` captures there."""
+    from synth.generate import SynthError, detection_shot
+
+    try:  # the arguments `synth` films its first video with; nobody rendered
+        room = detection_shot(seed, subject=1, camera=2, n_actions=actions, size=size).reference()
+    except SynthError as e:
+        raise SourceError(f"synthetic scene: {e}") from e
+
+    def frames() -> Iterator[Frame]:
+        for i in itertools.count():
+            yield round(i * 1e6 / fps), room
+
+    return Source(frames(), fps, "synth")
 
 
 # --- pacing and threads ------------------------------------------------------------------------

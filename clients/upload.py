@@ -1,13 +1,15 @@
 """`gd-upload`: detect actions in a whole depth video on the server.
 
     gd-upload FILE [--url http://host:8000] [--token T] [--fps F] [--scores] [--json]
-                   [--pred DIR]
+                   [--pred DIR] [--camera-id ID [--reference PNG]]
 
 FILE is a RealSense `.bag` / `.db3` recording, a `.npy` / `.npz` array (uint16 T x H x W, with
 `--fps` unless the `.npz` carries its timing), a zip of 16-bit PNG frames or a folder of them.
 Shows upload progress on stderr, then the detections as a table, or the server's JSON answer.
 `--pred DIR` also writes them as DIR/<FILE's name>.txt, a PKU-MMD prediction file for
-`gd-eval --pred DIR`.
+`gd-eval --pred DIR`. With a person-crop model, `--camera-id` names the camera that filmed FILE:
+the server crops with its empty-room reference (`gd-stream reference`); `--reference PNG`
+stores one for that camera first (a 16-bit PNG of the empty room, as gd-synth writes).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tqdm import tqdm
 
 from clients import options
 from clients.api import ApiError, Client, Detections, Unauthorized
+from core.depthfiles import DepthFileError, decode_png_depth
 from core.labels import SUFFIX, write_label_file
 from core.limits import fps_message, valid_fps
 
@@ -45,13 +48,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fps", type=float, help="frame rate of .npy, PNG frames and untimed .npz")
     p.add_argument("--scores", action="store_true", help="ask for per-clip scores too (JSON)")
     p.add_argument(
+        "--camera-id", metavar="ID",
+        help="the camera that filmed FILE: a person-crop model uses its empty-room reference",
+    )  # fmt: skip
+    p.add_argument(
+        "--reference", type=Path, metavar="PNG",
+        help="store PNG (16-bit, the empty room, the camera's frame size) as --camera-id's "
+        "reference before uploading",
+    )  # fmt: skip
+    p.add_argument(
         "--pred", type=Path, metavar="DIR",
         help="also write the detections to DIR/<FILE's name>.txt for gd-eval --pred DIR",
     )  # fmt: skip
     args = p.parse_args(argv)
     if args.fps is not None and not valid_fps(args.fps):
         p.error(fps_message(args.fps, "--fps"))
+    if args.reference is not None and args.camera_id is None:
+        p.error("--reference needs --camera-id: the camera it belongs to")
     return args
+
+
+def read_reference(path: Path) -> np.ndarray:
+    """A reference PNG's depth (uint16 [H, W] mm), or ValueError saying what is wrong."""
+    try:
+        return decode_png_depth(path.read_bytes())
+    except OSError as e:
+        raise ValueError(f"{path}: {e.strerror or e}") from None
+    except DepthFileError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def prediction_path(folder: Path, file: Path) -> Path:
@@ -101,7 +125,8 @@ def upload(client: Client, args: argparse.Namespace, err: TextIO) -> Detections:
             if sent == total:
                 bar.set_postfix_str("detecting")
 
-        return client.upload(args.file, args.fps, clip_scores=args.scores, progress=progress)
+        return client.upload(args.file, args.fps, clip_scores=args.scores, progress=progress,
+                             camera_id=args.camera_id)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         client = Client(args.url, options.token(args))
         if not args.file.exists():
             raise ValueError(f"{args.file}: no such file or folder")
+        if args.reference is not None:
+            client.put_reference(args.camera_id, read_reference(args.reference))
         result = upload(client, args, sys.stderr)
     except Unauthorized as e:
         print(f"gd-upload: unauthorized: {e.message}; give a valid --token", file=sys.stderr)

@@ -4,7 +4,8 @@ and clients (design.md §3).
 A stream of uint16 millimetre frames is resampled by timestamp to `source_fps / downsample`,
 each kept frame is reduced to the spec's size and normalized, and `clip_len` kept frames make a
 clip `float32[clip_len, height, width]`. Clip `c` covers kept frames `[c*clip_step,
-c*clip_step + clip_len)`.
+c*clip_step + clip_len)`. With `person_crop`, each clip is first cropped to the box of the
+person in it, against the camera's empty-room reference (core.foreground).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ class ClipSpec:
     mean: float = 0.0
     std: float = 1.0
     fit: str = "stretch"  # absent in model.json files written before it existed
+    # Each clip cropped to its person box against the camera's empty-room reference
+    # (core.foreground); False in model.json files written before it existed.
+    person_crop: bool = False
 
     def __post_init__(self) -> None:
         for name in ("downsample", "clip_len", "clip_step", "window", "window_step"):
@@ -79,6 +83,10 @@ class ClipSpec:
             )
         if self.std <= 0:
             raise ClipSpecError(f"std must be positive, got {self.std}")
+        if not isinstance(self.person_crop, bool):
+            raise ClipSpecError(f"person_crop must be true or false, got {self.person_crop!r}")
+        if self.person_crop and self.clip_step != self.clip_len:
+            raise ClipSpecError("person_crop needs clip_step == clip_len (one box per clip)")
         if self.fit not in FITS:
             raise ClipSpecError(f"fit must be one of {', '.join(FITS)}, got {self.fit!r}")
 

@@ -204,6 +204,8 @@ class Ready:
     `sizes` are the frame sizes `(height, width)` the server accepts on this stream: the size
     announced in `hello`, and the model's own (frames a client reduced before sending).
     `score_delay` clips after clip c completes, its scores come (docs/api.md, *Scores*).
+    `reference`: whether the server holds an empty-room reference for the stream's camera
+    (docs/api.md, *Camera references*).
     """
 
     model: dict[str, Any]  # name, version
@@ -215,6 +217,7 @@ class Ready:
     max_frame_bytes: int
     score_delay: int = 0  # clips between a clip's completion and its scores
     latency_s: float = 0.0  # a clip's start to the earliest its scores can come (no model time)
+    reference: bool = False  # the camera has an empty-room reference on the server
     protocol: int = PROTOCOL
 
     def to_message(self) -> dict[str, Any]:
@@ -230,6 +233,7 @@ class Ready:
             "max_frame_bytes": self.max_frame_bytes,
             "score_delay": self.score_delay,
             "latency_s": self.latency_s,
+            "reference": self.reference,
         }
 
 
@@ -251,6 +255,7 @@ def parse_ready(message: dict[str, Any]) -> Ready:
             max_frame_bytes=int(message["max_frame_bytes"]),
             score_delay=int(message.get("score_delay", 0)),  # absent from older servers
             latency_s=float(message.get("latency_s", 0.0)),
+            reference=bool(message.get("reference", False)),  # absent from older servers
             protocol=int(message["protocol"]),
         )
     except (KeyError, TypeError, ValueError, ClipSpecError) as e:

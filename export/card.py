@@ -85,7 +85,7 @@ def read_live_summary(path: Path, bundle: ModelBundle) -> dict[str, Any]:
     record: dict[str, Any] = {
         "date": summary.get("date") or _file_date(path),
         "command": portable(_command(summary.get("command"), config)),
-        "tested_on": _conditions(config, seeds, where),
+        "tested_on": _conditions(config, seeds, where) | {"references": summary.get("references")},
         "upload_map": {t: _mean_std(agg, ("upload_map", t), where) for t in TIOUS},
         "live_map": {t: _mean_std(agg, ("live_map", t), where) for t in TIOUS},
         "latency_s": {
@@ -159,6 +159,7 @@ def _command(recorded: Any, config: dict) -> str:
         args += [option, *map(str, value if isinstance(value, list) else [value])]
     args += ["--all-videos"] if config.get("all_videos") else []
     args += ["--no-reduce"] if config.get("reduce") is False else []
+    args += ["--no-references"] if config.get("references") is False else []
     return shlex.join(args)
 
 
@@ -292,13 +293,22 @@ def live_run(run: dict[str, Any]) -> list[str]:
     ]
 
 
+# What a person-crop model's figures depend on: whether the server had the cameras' empty-room
+# references (summaries of other models, or older ones, say nothing).
+REFERENCES = {
+    True: ", empty-room references stored",
+    False: ", no references (whole frames)",
+}
+
+
 def describe_conditions(on: dict[str, Any]) -> str:
     camera = f"camera {on['camera']}, " if on.get("camera") else ""
     frames = f"{on['frame_size']} frames" if on.get("frame_size") else "frames"
     if not on.get("frame_size") and on.get("camera"):
         frames = "frames at the camera's size"
     data = f" ({on['data']})" if on.get("data") else ""
-    return f"{camera}{frames}, difficulty {on.get('difficulty')}{data}"
+    refs = REFERENCES.get(on.get("references"), "")
+    return f"{camera}{frames}, difficulty {on.get('difficulty')}{refs}{data}"
 
 
 def _pm(pair: dict[str, float | None], digits: int = 3, with_std: bool = True) -> str:
@@ -345,6 +355,7 @@ def per_class_columns(b: ModelBundle) -> dict[str, list[float]]:
             on = run["tested_on"]
             size = on.get("camera") or on.get("frame_size") or "?"
             name = f"{kind} {size} d{on.get('difficulty')}"
+            name += " no references" if on.get("references") is False else ""
             columns[name] = values[CLASS_TIOU]
     return {k: v for k, v in columns.items() if len(v) == b.num_classes}
 

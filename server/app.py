@@ -9,6 +9,7 @@ or token setup fails at start-up with its own message rather than on the first r
                       events.py (/v1/events, /v1/cameras: the event store, docs/events.md)
                       dashboard.py (GET /: the dashboard page, docs/dashboard.md)
                       preview.py (GET /v1/cameras/{id}/preview: --preview's depth image)
+                      references.py (/v1/cameras/{id}/reference: empty-room depth)
     server/schemas.py       the REST bodies        server/errors.py    the JSON error answers
     server/dependencies.py  service, settings and the token check, for `Depends`
     server/multipart.py     the upload body, read into memory as it streams in
@@ -26,8 +27,18 @@ from fastapi.middleware.cors import CORSMiddleware
 from server import errors, querytokens
 from server.dependencies import require_admin, require_token
 from server.events.mqtt import publisher_from_settings
-from server.events.service import EventService
-from server.routers import admin, dashboard, detections, events, model, ops, preview, stream
+from server.events.service import EventService, References
+from server.routers import (
+    admin,
+    dashboard,
+    detections,
+    events,
+    model,
+    ops,
+    preview,
+    references,
+    stream,
+)
 from server.schemas import ERRORS
 from server.service import Service
 from server.settings import Settings
@@ -75,6 +86,8 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
     )
     app.state.service = service
     app.state.events = events_service
+    # each camera's empty-room reference: in the event store, else in memory only
+    app.state.references = events_service.references if events_service else References()
     app.add_middleware(querytokens.RefuseQueryTokens)
     if settings.cors_origins:
         app.add_middleware(
@@ -84,7 +97,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type"],
         )
     errors.add_handlers(app)
-    routers = [model.router, detections.router, preview.router]
+    routers = [model.router, detections.router, preview.router, references.router]
     if events_service is not None:
         routers.append(events.router)
     for router in routers:

@@ -1,7 +1,10 @@
 """The built-in demo source (`gd-serve --demo`, what `make run` starts).
 
 A scripted synthetic scene from `synth` is streamed in real time into this server's own
-`/v1/stream`, over loopback, through exactly the path a camera's frames take. The events are
+`/v1/stream`, over loopback, through exactly the path a camera's frames take, rendered as the
+default model's camera sees (a RealSense D435 in VGA mode, scaled to 120x160). Before each scene
+its empty room is stored as the camera's reference (`PUT /v1/cameras/demo/reference`), as an
+installer captures one, so a person-crop model crops as it would at a site. The events are
 logged beside the scene's ground truth (the generator knows which action it scripted when) with
 a running hit rate, so a newcomer sees at once what was detected and whether it was right; the
 stream shows in `/metrics`. Scenes follow one another (a new seed each) until the server stops.
@@ -14,23 +17,43 @@ import json
 import logging
 import time
 
+import httpx
 import numpy as np
 import websockets
 
 from core.truth import TruthCheck, true_actions
-from core.wire import Hello, pack_frame
-from synth.generate import TARGET_CLASSES, class_names, detection_video
-from synth.recording import Recording
+from core.wire import Hello, encode_image, pack_frame
+from synth.cameras import camera_profile
+from synth.generate import TARGET_CLASSES, Shot, class_names, detection_shot
 
 log = logging.getLogger("gd.demo")
 CAMERA_ID = "demo"
 FPS = 30.0
 
 
-def render_scene(seed: int, n_actions: int = 6) -> Recording:
-    """One scripted synthetic scene: depth frames (`.depth`, uint16 [T, H, W]) and the actions
-    it holds (`.segments`)."""
-    return detection_video(seed=seed, subject=1, camera=2, n_actions=n_actions, fps=FPS)
+CAMERA = "d435-vga"  # the default model's camera (models/default/README.md)
+SIZE = (120, 160)
+
+
+def render_scene(seed: int, n_actions: int = 6) -> Shot:
+    """One scripted synthetic scene, before filming: `.film()` gives the depth frames
+    (`.depth`, uint16 [T, H, W]) and the actions they hold (`.segments`); `.reference()` the
+    empty room."""
+    fov = camera_profile(CAMERA).fov
+    return detection_shot(seed=seed, subject=1, camera=2, n_actions=n_actions, fps=FPS,
+                          size=SIZE, depth_fov=fov)  # fmt: skip
+
+
+async def store_reference(url: str, token: str | None, reference: np.ndarray) -> None:
+    """PUT the scene's empty room as the demo camera's reference (`url`: the stream's)."""
+    http = url.replace("ws://", "http://", 1).removesuffix("/v1/stream")
+    headers = {"Content-Type": "image/png"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    async with httpx.AsyncClient() as client:
+        r = await client.put(f"{http}/v1/cameras/{CAMERA_ID}/reference",
+                             content=encode_image(reference, "png"), headers=headers)  # fmt: skip
+    r.raise_for_status()
 
 
 async def stream_scene(
@@ -80,7 +103,9 @@ async def run_demo(url: str, token: str | None, encoding: str = "zstd") -> None:
     seed, names = 0, class_names(TARGET_CLASSES)
     while True:
         try:
-            scene = await asyncio.to_thread(render_scene, seed)
+            shot = await asyncio.to_thread(render_scene, seed)
+            scene = await asyncio.to_thread(shot.film)
+            await store_reference(url, token, shot.reference())
             frames = scene.depth
             truth = TruthCheck()
             truth.add(true_actions(scene.segments, names, FPS))

@@ -15,11 +15,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from core.clip import ClipSpec, DepthPreprocessor, num_clips, resample_indices, video_clips
+from core.foreground import crop_clip_mm
 from core.postprocess import Segment, offline_clip_probs, segment
 from server.engine import Engine
 
@@ -53,10 +55,13 @@ async def detect(
     chunk_clips: int = 32,
     max_clips: int | None = None,
     max_upsample: int | None = None,
+    reference: np.ndarray | None = None,
 ) -> OfflineResult:
     """uint16 `frames[T, H, W]` with their timestamps -> segments and per-clip scores.
 
     Raises `TooSparse` / `TooManyClips` (before any work) past `max_upsample` / `max_clips`.
+    A person-crop model crops each clip against `reference`, the camera's empty-room depth at
+    the frames' size; None: each clip is the whole frame.
     """
     spec = engine.bundle.clip
     check_cost(len(frames), timestamps_us, spec, max_clips, max_upsample)
@@ -81,7 +86,11 @@ async def detect(
     chunks = []
     for c0 in range(0, n, chunk_clips):
         c1 = min(n, c0 + chunk_clips)
-        clips = await timed("preprocess", cpu_executor, _clips, preprocess, frames, kept, c0, c1)
+        if spec.person_crop:
+            cut = partial(_cropped_clips, preprocess, reference)
+        else:
+            cut = partial(_clips, preprocess)
+        clips = await timed("preprocess", cpu_executor, cut, frames, kept, c0, c1)
         chunks.append(await timed("visual_encoder", model_executor, engine.encode_clips, clips))
     features = np.concatenate(chunks)
 
@@ -137,6 +146,24 @@ def _clips(
     spec = preprocess.spec
     lo, hi = c0 * spec.clip_step, (c1 - 1) * spec.clip_step + spec.clip_len
     return np.ascontiguousarray(video_clips(preprocess(frames[kept[lo:hi]]), spec))
+
+
+def _cropped_clips(
+    preprocess: DepthPreprocessor,
+    reference: np.ndarray | None,
+    frames: np.ndarray,
+    kept: np.ndarray,
+    c0: int,
+    c1: int,
+) -> np.ndarray:
+    """float32[c1 - c0, T_c, H, W]: clips c0..c1-1 (on the grid: clip_step == clip_len), each
+    cropped to its person box against `reference` (core/foreground.py), as a stream's are."""
+    spec, n = preprocess.spec, preprocess.spec.clip_len
+    normalize = DepthPreprocessor(spec, spec.height, spec.width)
+    return np.stack(
+        [normalize(crop_clip_mm(frames[kept[c * n : (c + 1) * n]], reference, spec))
+         for c in range(c0, c1)]
+    )  # fmt: skip
 
 
 def frame_span(

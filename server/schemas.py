@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class Detection(BaseModel):
@@ -40,12 +40,21 @@ class VideoInfo(BaseModel):
     clips: int
 
 
+class UploadWarning(BaseModel):
+    """Something the caller should know about the result (codes as a stream's `warning`)."""
+
+    code: str
+    message: str
+
+
 class DetectionsResponse(BaseModel):
     detections: list[Detection]
     clip_scores: list[ClipScores] | None = None
     model: ModelRef
     video: VideoInfo
     timing_ms: dict[str, float]
+    # a person-crop model without a usable reference: no_reference, reference_size_mismatch
+    warnings: list[UploadWarning] = Field(default_factory=list)
 
 
 class ErrorBody(BaseModel):

@@ -119,6 +119,13 @@ class Service:
                 "less accurately than uploads (set GD_SCORE_DELAY, or the bundle's "
                 "postprocess.score_delay; docs/results.md measures the trade-off)"
             )
+        if bundle.clip.person_crop:  # without references such a model detects next to nothing
+            log.info(
+                "%s crops each clip to the person against the camera's empty-room reference: "
+                "store one per camera (gd-stream reference; docs/api.md, Camera references); "
+                "streams without one get a no_reference warning",
+                bundle.name,
+            )
         return service
 
     def start(self) -> None:

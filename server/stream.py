@@ -4,6 +4,8 @@
 binary message --(size, header checks)--> bounded frame queue (drops the oldest)
   --> TimestampResampler (kept_fps) --> decode + DepthPreprocessor (kept frames only)
   --> clip buffer: every clip_step kept frames, the last clip_len are a clip
+      (a person-crop model: full frames, each clip cropped to its person box against the
+      camera's empty-room reference, core/foreground.py, then preprocessed)
   --> visual-encoder batcher (shared by all streams) --> feature ring (last T_w features)
   --> sequence-encoder batcher over the ring --> the newest position's probabilities
   --> `scores` event --> core Segmenter --> `action` start/end events
@@ -71,6 +73,7 @@ from core.events import (
     ServerWarning,
     TimestampGap,
 )
+from core.foreground import crop_clip_mm
 from core.limits import MILLIMETRES
 from core.postprocess import SegmentEnd, Segmenter, SegmentStart
 from core.realsense import to_millimetres
@@ -87,6 +90,7 @@ from core.wire import (
 )
 from server import querytokens
 from server.engine import Engine
+from server.events.service import References, reference_problem
 from server.service import Service
 from server.service import check_score_delay as check_score_delay  # importable here too
 
@@ -188,7 +192,7 @@ async def serve(ws: WebSocket, service: Service) -> None:
     session: StreamSession | None = None
     try:
         hello = await _handshake(ws, service)
-        session = StreamSession(ws, service, hello)
+        session = StreamSession(ws, service, hello, ws.app.state.references)
         await session.run()
     except StreamError as e:
         error = e
@@ -282,8 +286,10 @@ async def _handshake(ws: WebSocket, service: Service) -> Hello:
 
 
 class StreamSession:
-    def __init__(self, ws: WebSocket, service: Service, hello: Hello) -> None:
-        self.ws, self.service, self.hello = ws, service, hello
+    def __init__(
+        self, ws: WebSocket, service: Service, hello: Hello, references: References
+    ) -> None:
+        self.ws, self.service, self.hello, self.references = ws, service, hello, references
         self.settings, self.metrics = service.settings, service.metrics
         # The model the frames side cuts clips for, and the one the clips side scores with:
         # both the server's at the start; they differ for a moment after a reload.
@@ -293,9 +299,14 @@ class StreamSession:
         self.told_kept: Engine | None = None  # the newer model a `model_kept` warning named
         spec = self.spec
         self.sizes = [(hello.height, hello.width)]
-        if (spec.height, spec.width) not in self.sizes:
+        # A person-crop model crops each clip out of the camera's full frames (kept at camera
+        # size until their clip is complete): a client must not reduce them itself.
+        if (spec.height, spec.width) not in self.sizes and not spec.person_crop:
             self.sizes.append((spec.height, spec.width))  # frames the client reduced itself
         self.preprocessors = {size: DepthPreprocessor(spec, *size) for size in self.sizes}
+        self.normalize = DepthPreprocessor(spec, spec.height, spec.width)  # cropped clips (mm)
+        self.reference_state = "ok"  # else the code of the reference warning last sent
+        self.reference_warning: ServerWarning | None = None  # to send
         pixels = 2 * max(h * w for h, w in self.sizes)
         # Compressed frames may come out a little larger than raw ones (noise does not compress).
         self.max_message = min(
@@ -343,6 +354,7 @@ class StreamSession:
             max_frame_bytes=self.max_message,
             score_delay=self.delay,
             latency_s=latency_s(self.spec, self.delay),
+            reference=self.references.get(self.hello.camera_id) is not None,
         )
 
     @property
@@ -367,6 +379,9 @@ class StreamSession:
         log.info("stream %s open: %r", self.hello.camera_id, self.hello)
         await self.service.bus.connected(self.hello.camera_id, self.hello, self.model)
         self.announced = True  # so `serve` tells the bus when it ends
+        if self.spec.person_crop:
+            self._reference()  # a warning now if the camera has none (or one of another size)
+            await self._send_reference_warning()
         tasks = [
             asyncio.create_task(self._receive()),
             asyncio.create_task(self._frames()),
@@ -447,6 +462,7 @@ class StreamSession:
                 return
             for clip in self._frame(frame):
                 await self.clips.put(clip)  # waits while MAX_PENDING_CLIPS are in the model
+            await self._send_reference_warning()
             if self.dropped_unreported:
                 await self._warn_drops()
             since_yield += 1
@@ -487,6 +503,8 @@ class StreamSession:
             n = seg.n_kept
             if n >= spec.clip_len and (n - spec.clip_len) % spec.clip_step == 0:
                 clip = np.stack(seg.kept)
+                if spec.person_crop:
+                    clip = self.normalize(crop_clip_mm(clip, self._reference(), spec))
                 engine = self._next_clip_engine()
                 feature = self.service.visual.submit(clip, engine.encode_clips)
                 out.append((self.n_clips, feature, frame, engine))
@@ -510,11 +528,33 @@ class StreamSession:
                 raise _wire_error(e) from None
             if self.hello.depth_units != MILLIMETRES:
                 image = to_millimetres(image, self.hello.depth_units)
-            frame.image = self.preprocessors[image.shape](image)
+            reduce = self.preprocessors[image.shape]
+            # a person-crop model's clips are cropped from full frames once complete
+            frame.image = image if self.spec.person_crop else reduce(image)
             if self.service.previews is not None:  # --preview: the newest, in memory only
-                self.service.previews.keep(self.hello.camera_id, frame.image, self.spec)
+                preview = reduce(image) if self.spec.person_crop else frame.image
+                self.service.previews.keep(self.hello.camera_id, preview, self.spec)
             frame.payload = memoryview(b"")  # the bytes are no longer needed
         return frame.image
+
+    def _reference(self) -> np.ndarray | None:
+        """The camera's empty-room reference for the clip being cut: the newest one put (a
+        dictionary lookup), or None (whole frames) if it has none or one of another size. A
+        warning is due when that changes for the worse."""
+        camera_id, size = self.hello.camera_id, (self.hello.height, self.hello.width)
+        reference = self.references.get(camera_id)
+        problem = reference_problem(reference, camera_id, size)
+        state = "ok" if problem is None else problem[0]
+        if state != self.reference_state:
+            self.reference_state = state
+            if problem is not None:
+                self.reference_warning = ServerWarning(*problem)
+        return None if reference is None or problem is not None else reference.image
+
+    async def _send_reference_warning(self) -> None:
+        if self.reference_warning is not None:
+            warning, self.reference_warning = self.reference_warning, None
+            await self.send(warning)
 
     async def _warn_drops(self) -> None:
         now = time.monotonic()

@@ -7,6 +7,9 @@ background between them). The trees are byte-for-byte in the real formats, so `g
 was generated, and the class names. `sample` writes one depth recording to upload (a RealSense
 `.db3`, or `.npz`) with its ground truth, for the quick start. `recordings` writes site
 recordings and their label file (`synth.site`, docs/retraining.md).
+
+Every sample of `classification`, `detection` and `sample` also gets `reference/<name>.png`:
+its camera's empty room (the person-centric crop's reference, gd-prep --person-crop).
 """
 
 from __future__ import annotations
@@ -28,14 +31,17 @@ from synth.formats import (
     PKU_CONFIDENCE,
     PKU_LABEL_DIR,
     PKU_VIEWS,
+    REFERENCE_DIR,
     SYNTH_MARKER,
     XSUB_TRAIN_60,
     ntu_name,
     pku_label_rows,
     pku_video_name,
+    reference_path,
     write_ntu_sample,
     write_pku_splits,
     write_pku_video,
+    write_reference,
 )
 from synth.generate import (
     COLOR_SIZE,
@@ -44,8 +50,8 @@ from synth.generate import (
     SOURCE_CLASSES,
     TARGET_CLASSES,
     class_names,
-    classification_sample,
-    detection_video,
+    classification_shot,
+    detection_shot,
     generate_many,
 )
 from synth.scene import SceneError
@@ -65,8 +71,10 @@ SAMPLE_SIZE = (120, 160)  # (H, W)
 
 
 def write_classification(root: str, name: str, modalities: tuple[str, ...], **sample) -> str:
-    """Generate one NTU sample and write it; runs in a worker process."""
-    rec = classification_sample(**sample)
+    """Generate one NTU sample and write it, its reference first; runs in a worker process."""
+    shot = classification_shot(**sample)
+    write_reference(root, name, shot.reference())
+    rec = shot.film()
     write_ntu_sample(
         root, name, rec.joints, rec.tracked, rec.depth_xy, rec.color_xy,
         depth=rec.depth if "depth" in modalities else None,
@@ -78,8 +86,10 @@ def write_classification(root: str, name: str, modalities: tuple[str, ...], **sa
 
 
 def write_detection(root: str, name: str, modalities: tuple[str, ...], **video) -> str:
-    """Generate one PKU-MMD video and write it; runs in a worker process."""
-    rec = detection_video(**video)
+    """Generate one PKU-MMD video and write it, its reference first; runs in a worker process."""
+    shot = detection_shot(**video)
+    write_reference(root, name, shot.reference())
+    rec = shot.film()
     write_pku_video(
         root, name, rec.joints, rec.tracked, rec.segments,
         depth=rec.depth if "depth" in modalities else None,
@@ -87,6 +97,18 @@ def write_detection(root: str, name: str, modalities: tuple[str, ...], **video) 
         fps=rec.fps,
     )  # fmt: skip
     return name
+
+
+def write_classification_reference(
+    root: str, name: str, modalities: tuple[str, ...], **sample
+) -> str:
+    """Only the reference of one NTU sample (--references-only): no rendering."""
+    return write_reference(root, name, classification_shot(**sample).reference()).stem
+
+
+def write_detection_reference(root: str, name: str, modalities: tuple[str, ...], **video) -> str:
+    """Only the reference of one PKU-MMD video (--references-only): no rendering."""
+    return write_reference(root, name, detection_shot(**video).reference()).stem
 
 
 def classification_jobs(args: argparse.Namespace) -> list[dict]:
@@ -158,6 +180,29 @@ def write_pku_split_files(root: Path, subjects: dict[str, int]) -> None:
     xview = ([n for n in names if n[-1] in PKU_CROSS_VIEW_TRAIN],
              [n for n in names if n[-1] not in PKU_CROSS_VIEW_TRAIN])  # fmt: skip
     write_pku_splits(root, xsub, xview)
+
+
+# Options that do not change the references (--references-only compares the rest).
+NOT_IN_REFERENCES = ("workers", "references_only", "modalities")
+
+
+def generated_with_other_options(root: Path, options: dict) -> str | None:
+    """Why references made with `options` would not fit the tree at `root`, or None: the
+    tree's gd-synth.json must record the same generating options (its samples' cameras)."""
+    marker = root / SYNTH_MARKER
+    try:
+        recorded = json.loads(marker.read_text())["options"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{marker} is missing or unreadable: generate the tree first"
+    wanted = json.loads(json.dumps(options, default=list))
+    differ = sorted(
+        k for k in set(recorded) | set(wanted)
+        if k not in NOT_IN_REFERENCES and recorded.get(k) != wanted.get(k)
+    )  # fmt: skip
+    if differ:
+        shown = ", ".join(f"{k} {recorded.get(k)!r} there, {wanted.get(k)!r} here" for k in differ)
+        return f"{root} was generated with other options: {shown}"
+    return None
 
 
 def frame_size(text: str) -> tuple[int, int]:
@@ -261,6 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="image modalities to write; skeletons are always written",
     )
     common.add_argument(
+        "--references-only",
+        action="store_true",
+        help="write only reference/<name>.png, the empty room each sample's camera sees (no "
+        "rendering: seconds), for a tree an older gd-synth wrote without them; give the "
+        "options the tree was generated with (checked against its gd-synth.json)",
+    )
+    common.add_argument(
         "--workers",
         type=int,
         default=os.cpu_count() or 1,
@@ -294,8 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
         "sample",
         help="one depth recording to upload, with its ground truth (the quick start)",
         description="One synthetic detection video as OUT/sample.db3 (a RealSense recording, "
-        "as gd-upload and gd-stream file read it) or OUT/sample.npz, and its ground truth "
-        "OUT/label/sample.txt (PKU-MMD label format, for gd-eval --gt). By default a seed, "
+        "as gd-upload and gd-stream file read it) or OUT/sample.npz, its ground truth "
+        "OUT/label/sample.txt (PKU-MMD label format, for gd-eval --gt) and its camera's "
+        "empty-room reference OUT/reference/sample.png (16-bit PNG, mm; for a person-crop "
+        "model, PUT it as the camera's reference). By default a seed, "
         "performer and difficulty like the default model's held-out test videos.",
     )
     s.add_argument("--out", type=Path, required=True, help="folder to write")
@@ -332,17 +386,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def write_sample(args: argparse.Namespace) -> Path:
-    """One detection video as a depth recording `OUT/sample.<format>` and its ground truth
-    `OUT/label/sample.txt` (PKU-MMD label format, what `gd-eval --gt` reads)."""
+    """One detection video as a depth recording `OUT/sample.<format>`, its ground truth
+    `OUT/label/sample.txt` (PKU-MMD label format, what `gd-eval --gt` reads) and its camera's
+    empty-room reference `OUT/reference/sample.png`."""
     from core.realsense import record_depth  # needs pyrealsense2: only for .db3
 
     camera = camera_profile(args.camera)
     camera.check_size(args.size)
-    rec = detection_video(
+    shot = detection_shot(
         seed=args.seed, subject=SAMPLE_SUBJECT, camera=2, n_actions=args.actions,
         size=args.size, difficulty=args.difficulty, depth_fov=camera.fov,
     )  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
+    write_reference(args.out, SAMPLE_NAME, shot.reference())
+    rec = shot.film()
     path = args.out / f"{SAMPLE_NAME}.{args.format}"
     if args.format == "db3":
         record_depth(path, rec.depth, frame_timestamps_us(rec.num_frames, rec.fps), rec.fps)
@@ -371,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:  # RealSenseError: no pyrealsense2
             print(f"gd-synth: error: {e}; or write --format npz", file=sys.stderr)
             return 2
-        print(f"wrote {path} and its ground truth {args.out / PKU_LABEL_DIR}/")
+        print(f"wrote {path}, its ground truth {args.out / PKU_LABEL_DIR}/ and its reference "
+              f"{reference_path(args.out, SAMPLE_NAME)}")  # fmt: skip
         return 0
     args.modalities = tuple(args.modalities)
     count = args.samples if args.command == "classification" else args.videos
@@ -393,9 +451,20 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"gd-synth: error: {e}", file=sys.stderr)
         return 2
+    options = {k: v for k, v in vars(args).items() if k not in ("out", "command")}
+    if args.references_only:
+        other = generated_with_other_options(args.out, options)
+        if other:
+            print(f"gd-synth: error: --references-only: {other}", file=sys.stderr)
+            return 2
+        fn = {"classification": write_classification_reference,
+              "detection": write_detection_reference}[args.command]  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     for _ in generate_many(fn, jobs, workers=max(args.workers, 1), desc=f"gd-synth {args.command}"):
         pass
+    if args.references_only:
+        print(f"wrote {count} references to {args.out / REFERENCE_DIR}")
+        return 0
     if args.command == "detection":
         write_pku_split_files(args.out, subjects)
     record = {
@@ -403,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         "layout": "ntu" if args.command == "classification" else "pku",
         "classes": class_names(classes),
         "count": count,
-        "options": {k: v for k, v in vars(args).items() if k not in ("out", "command")},
+        "options": options,
     }
     atomic_write_text(args.out / SYNTH_MARKER, json.dumps(record, indent=1, default=list) + "\n")
     noun = "samples" if args.command == "classification" else "videos"

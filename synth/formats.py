@@ -10,6 +10,9 @@ PKU-MMD phase 1 (detection), one video `NNNN-V` (V in L, M, R):
     skeleton/<video>.txt   per frame 150 floats: 25 joints x (x, y, z) x 2 bodies
     depth/<video>/Depth-%08d.png, rgb/<video>.avi
     split/cross-subject.txt, split/cross-view.txt
+Both layouts, written by gd-synth only (the real datasets have no such folder):
+    reference/<name>.png   the sample's camera's empty-room depth, uint16 mm (0 = no reading),
+                           the depth frames' size (gd-prep --person-crop, core.foreground)
 
 Inputs are the generator's plain arrays: joints float32 [T, B, 25, 3] camera-space metres in
 Kinect v2 joint order, tracked bool [T, B], depth_xy / color_xy float32 [T, B, 25, 2] pixels,
@@ -47,6 +50,8 @@ NTU_NAME = re.compile(r"S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})")
 NTU_NEWLINE = "\r\n"
 # Real body ids are 64-bit Kinect tracking ids; this one is from S001C001P001R001A001.
 NTU_FIRST_BODY_ID = 72057594037931101
+
+REFERENCE_DIR = "reference"  # <root>/reference/<sample name>.png (both layouts)
 
 PKU_LABEL_DIR = "label"
 PKU_SKELETON_DIR = "skeleton"
@@ -216,6 +221,24 @@ def write_depth_pngs(
                 raise OSError(f"{folder}: OpenCV could not write frame {i}")
 
     _write_dir_atomic(folder, fill)
+
+
+def reference_path(root: str | os.PathLike, name: str) -> Path:
+    """Where the empty-room reference of sample or video `name` lives under `root`."""
+    return Path(root) / REFERENCE_DIR / f"{name}.png"
+
+
+def write_reference(root: str | os.PathLike, name: str, depth: np.ndarray) -> Path:
+    """`reference_path(root, name)`: a 16-bit single-channel PNG of uint16 [H, W] mm."""
+    depth = np.asarray(depth)
+    if depth.dtype != np.uint16 or depth.ndim != 2:
+        raise ValueError(f"a reference must be uint16 [H, W], got {depth.dtype} {depth.shape}")
+    ok, png = cv2.imencode(".png", depth)
+    if not ok:
+        raise OSError(f"{name}: OpenCV could not encode the reference")
+    path = reference_path(root, name)
+    atomic_write_bytes(path, png.tobytes())
+    return path
 
 
 def write_avi(path: str | os.PathLike, rgb: np.ndarray, fps: float = FPS) -> None:

@@ -7,21 +7,29 @@ target set (detection, PKU-like) overlap only in part, as NTU RGB+D and PKU-MMD 
 Determinism: the performance depends on the arguments except `camera`, so the three views of
 one (seed, subject, action, setup, replication) film the same motion; camera jitter, lighting
 and sensor noise also depend on `camera`.
+
+`classification_shot` and `detection_shot` stop before filming: the `Shot` they return films
+the recording (`classification_sample`, `detection_video`) and gives, cheaply, the empty-room
+reference its camera would capture (`Shot.reference`, for the person-centric crop).
 """
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from synth.actions import CATALOGUE
-from synth.performance import SEAT_HEIGHT, perform
+from synth.performance import SEAT_HEIGHT, Performance, perform
 from synth.recording import Recording, record
-from synth.scene import chair, make_camera, make_room
+from synth.render import Sensor
+from synth.scene import Camera, Room, chair, empty_room_mm, make_camera, make_room
 from synth.subjects import DEFAULT_DIFFICULTY, Subject, subject_profile
 
 ACTIONS: tuple[str, ...] = tuple(a.name for a in CATALOGUE)
@@ -93,21 +101,56 @@ def _partner(subject: int, rng: np.random.Generator, difficulty: float) -> Subje
     return subject_profile(other + (other >= subject), difficulty)
 
 
-def _film(
-    perf, setup, camera, difficulty, size, color_size, render_seed, replication=1, depth_fov=None
-):
+@dataclass(frozen=True)
+class Shot:
+    """One sample before filming: a performance, the room it plays in and the camera that
+    films it. `film()` renders the recording; `reference()` is the same camera's view of the
+    empty room (one ray cast, no people rendered)."""
+
+    performance: Performance
+    room: Room
+    camera: Camera
+    rng: np.random.Generator  # the render's randomness, after the camera's jitter was drawn
+    difficulty: float
+    view: int  # camera 1..3
+    setup: int
+    replication: int = 1
+
+    def film(self) -> Recording:
+        """The recording; the same every call (the render draws from a copy of `rng`)."""
+        return record(
+            self.performance, self.room, self.camera, copy.deepcopy(self.rng), self.difficulty,
+            view=self.view, setup=self.setup, replication=self.replication,
+        )  # fmt: skip
+
+    def reference(self) -> np.ndarray:
+        """uint16 [H, W] mm (0 = no reading): the camera's empty-room reference, noise-free,
+        in the sensor's valid range, at the depth frames' size."""
+        sensor = Sensor.for_difficulty(self.difficulty)
+        return empty_room_mm(self.room, self.camera, (sensor.min_depth, sensor.max_depth))
+
+
+def _shot(
+    perf: Performance,
+    setup: int,
+    camera: int,
+    difficulty: float,
+    size: tuple[int, int],
+    color_size: tuple[int, int],
+    render_seed: list[int],
+    replication: int = 1,
+    depth_fov: tuple[float, float] | None = None,
+) -> Shot:
     rng = np.random.default_rng(render_seed)
     room = make_room(setup, difficulty)
     if perf.sits or len(perf.people) == 1:  # a chair behind single performers, used or not
         x, z, yaw = perf.chair
         room = room.with_boxes(chair(x, z, yaw, SEAT_HEIGHT, (0.35, 0.25, 0.2)))
     cam = make_camera(camera, setup, rng, difficulty, size, color_size, room, depth_fov)
-    return record(
-        perf, room, cam, rng, difficulty, view=camera, setup=setup, replication=replication
-    )
+    return Shot(perf, room, cam, rng, difficulty, camera, setup, replication)
 
 
-def classification_sample(
+def classification_shot(
     action: int,
     subject: int,
     camera: int,
@@ -120,7 +163,7 @@ def classification_sample(
     classes: Sequence[int] = SOURCE_CLASSES,
     fps: float = 30.0,
     depth_fov: tuple[float, float] | None = None,
-) -> Recording:
+) -> Shot:
     """One action (class id `action`, 1-based within `classes`), about 2-4 s, NTU-style.
 
     Replication 1 faces camera 2, replication 2 faces camera 3 (as in NTU RGB+D); two-person
@@ -157,12 +200,17 @@ def classification_sample(
         start_posture=posture,
         facing=facing + jitter,
     )
-    return _film(
+    return _shot(
         perf, setup, camera, difficulty, size, color_size, [*key, camera], replication, depth_fov
     )
 
 
-def detection_video(
+def classification_sample(*args: Any, **kwargs: Any) -> Recording:
+    """`classification_shot(...)` (same arguments), filmed."""
+    return classification_shot(*args, **kwargs).film()
+
+
+def detection_shot(
     seed: int,
     subject: int,
     camera: int,
@@ -175,7 +223,7 @@ def detection_video(
     interactions: bool | None = None,
     fps: float = 30.0,
     depth_fov: tuple[float, float] | None = None,
-) -> Recording:
+) -> Shot:
     """A long PKU-MMD-style video: `n_actions` actions from `classes` with pauses between.
 
     Pauses hold idle motion, unlabelled fidgets and unlabelled transitions (getting up after
@@ -222,7 +270,12 @@ def detection_video(
         transition_labels=transitions,
     )
     render_seed = [seed, 0xF11, subject, camera]
-    return _film(perf, setup, camera, difficulty, size, color_size, render_seed, 1, depth_fov)
+    return _shot(perf, setup, camera, difficulty, size, color_size, render_seed, 1, depth_fov)
+
+
+def detection_video(*args: Any, **kwargs: Any) -> Recording:
+    """`detection_shot(...)` (same arguments), filmed."""
+    return detection_shot(*args, **kwargs).film()
 
 
 # --- running many jobs -------------------------------------------------------------------------

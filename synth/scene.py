@@ -383,6 +383,19 @@ def background_depth(room: Room, camera: Camera) -> tuple[np.ndarray, np.ndarray
     return hits.t.astype(np.float32), dark
 
 
+def empty_room_mm(room: Room, camera: Camera, valid_m: tuple[float, float]) -> np.ndarray:
+    """uint16 [H, W] millimetres, 0 = no reading: the empty room, noise-free, as a depth
+    camera whose valid range is `valid_m` (metres, ends included) reads it. This is what an
+    installer's reference capture (the per-pixel median of many frames) converges to, so it
+    serves as the camera's empty-room reference (core.foreground). Infrared-dark surfaces keep
+    their depth: they drop most readings, not all, and the reference is the room's geometry.
+    One ray cast per pixel: no people are rendered."""
+    z, _ = background_depth(room, camera)
+    near, far = valid_m
+    valid = (z >= near) & (z <= far)
+    return np.where(valid, np.rint(z * 1000.0), 0).astype(np.uint16)
+
+
 def interpolation_matrix(n_in: int, n_out: int) -> np.ndarray:
     """[n_out, n_in] weights of linear interpolation (pixel centres aligned, edges held)."""
     x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)

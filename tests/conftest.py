@@ -2,6 +2,8 @@
 (tests/helpers/live.py). Their imports stay inside the fixtures, so tests of the other parts
 never load the server."""
 
+import os
+
 import pytest
 
 # the retraining fixtures (a tiny site, its cache, a starting bundle, that bundle fine-tuned):
@@ -34,6 +36,31 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
             return next((g for prefix, g in groups if module.startswith(prefix)), module)
 
     return ModuleGroups(config, log)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One OpenMP/torch thread per worker when the workers already fill the cores: two workers
+    each spinning two threads on two cores burn CPU waiting for each other (docs/testing.md,
+    "The suite's time"). Set before torch is imported, and inherited by the CLIs the tests run."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers >= (os.cpu_count() or 1) and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = "1"
+        os.environ["GD_TESTS_ONE_THREAD"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def _numerics_on_every_core(request: pytest.FixtureRequest):
+    """Tests marked `numerics` get every core back under that rule, so `make test` still
+    compares floating-point results summed by several threads (`make test-threads`: by one)."""
+    if not os.environ.get("GD_TESTS_ONE_THREAD") or not request.node.get_closest_marker("numerics"):
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

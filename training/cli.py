@@ -163,14 +163,17 @@ def generate_data(cfg: Config, workdir: Path) -> dict[str, float]:
                 raise TrainingError(f"gd-synth {' '.join(argv)} failed")
             seconds[f"synth_{layout}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        if not (cache / "meta.json").exists():
-            h, w = config_size("prep.size", cfg.prep.size)
-            settings = PrepSettings(
-                dataset=layout, root=str(root.resolve()), modalities=tuple(modalities),
-                height=h, width=w, flow=cfg.prep.flow, fit=cfg.prep.fit,
-                split="xsub" if layout == "ntu" else "cross-subject",
-            )  # fmt: skip
-            prepare(settings, cache, workers=cfg.prep.workers, progress=cfg.train.progress)
+        h, w = config_size("prep.size", cfg.prep.size)
+        settings = PrepSettings(
+            dataset=layout, root=str(root.resolve()), modalities=tuple(modalities),
+            height=h, width=w, flow=cfg.prep.flow, fit=cfg.prep.fit,
+            person_crop=cfg.prep.person_crop,
+            split="xsub" if layout == "ntu" else "cross-subject",
+        )  # fmt: skip
+        # A complete cache made with other prep settings (prep.person_crop changed) is an
+        # error naming them, never silently reused.
+        done = prepare(settings, cache, workers=cfg.prep.workers, progress=cfg.train.progress)
+        if done["status"] != "complete":
             seconds[f"prep_{layout}"] = time.perf_counter() - t0
     return seconds
 

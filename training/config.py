@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from core.clip import FITS, parse_size
+from core.clip import FITS, ClipSpec, parse_size
 from core.postprocess import ACTIVITY_THRESHOLD
 from synth.cameras import CAMERAS
 from training.cache import IMAGE_MODALITIES, MODALITIES
@@ -139,6 +139,9 @@ class PrepConfig:
     size: str = "112x112"
     flow: str = "tvl1"  # tvl1 (paper) | farneback (fast)
     fit: str = "stretch"  # frames of another aspect ratio: stretch | crop | pad (core.clip.FITS)
+    # Each clip cropped to its person box against the sample's empty-room reference, which
+    # gd-synth writes (core.foreground, docs/training.md "A person-crop model").
+    person_crop: bool = False
     workers: int = 2
 
 
@@ -351,6 +354,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"synth.actions must be [min, max] with 1 <= min <= max, got {actions}")
     config_size("prep.size", cfg.prep.size)
     _one_of("prep.flow", cfg.prep.flow, ("tvl1", "farneback"))
+    grid = ClipSpec().clip_len  # gd-prep crops each clip of this grid to its own box
+    if cfg.prep.person_crop and not cfg.clip.clip_len == cfg.clip.clip_step == grid:
+        raise ConfigError(
+            f"prep.person_crop crops gd-prep's clips of {grid} kept frames: clip.clip_len and "
+            f"clip.clip_step must both be {grid}, got {cfg.clip.clip_len} and "
+            f"{cfg.clip.clip_step}"
+        )
     _one_of("train.device", cfg.train.device, ("auto", "cpu", "cuda"))
     if cfg.train.save_every < 0 or cfg.train.eval_every < 1:
         raise ConfigError("train.save_every must be >= 0 and train.eval_every >= 1")

@@ -34,7 +34,20 @@ Key = tuple[int, int]  # (epoch, index) of a training example
 def clip_spec(
     cache: Cache, clip_len: int, clip_step: int, window: int, window_step: int
 ) -> ClipSpec:
-    """The cache's ClipSpec (rate, size, depth range, depth mean/std) with this clip geometry."""
+    """The cache's ClipSpec (rate, size, depth range, depth mean/std) with this clip geometry.
+
+    A person-crop cache was cropped clip by clip on its own grid; training on another grid
+    would feed clips the server never makes, so that geometry is refused."""
+    stored = cache.meta["clip"]
+    if stored.get("person_crop") and (clip_len, clip_step) != (
+        stored["clip_len"],
+        stored["clip_step"],
+    ):
+        raise CacheError(
+            f"{cache.root} was cropped per clip of {stored['clip_len']} kept frames "
+            f"(step {stored['clip_step']}); clip_len={clip_len}, clip_step={clip_step} would "
+            "train on clips the server never makes: use the cache's, or prepare it again"
+        )
     return ClipSpec.from_dict(
         {
             **cache.meta["clip"],

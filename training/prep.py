@@ -27,6 +27,8 @@ from tqdm import tqdm
 
 from core.clip import FITS, ClipSpec, DepthPreprocessor, TimestampResampler, fit_regions, parse_size
 from core.files import atomic_write_text
+from core.foreground import crop_clip_mm, crop_clips
+from synth.formats import reference_path
 from training import skeleton_features
 from training.cache import (
     MODALITIES,
@@ -67,6 +69,8 @@ class PrepSettings:
     split: str = "xsub"
     version: int = 60
     fit: str = "stretch"  # how frames of another aspect ratio become HxW (core.clip.FITS)
+    # Each clip cropped to its person box against <root>/reference/<sample>.png (core.foreground)
+    person_crop: bool = False
 
     @property
     def spec(self) -> ClipSpec:
@@ -78,6 +82,7 @@ class PrepSettings:
             depth_min_mm=self.depth_min_mm,
             depth_max_mm=self.depth_max_mm,
             fit=self.fit,
+            person_crop=self.person_crop,
         )
 
 
@@ -93,14 +98,50 @@ def kept(items: Iterable[Any], fps: float, downsample: int) -> Iterator[Any]:
             yield chosen
 
 
-def prepare_depth(depth_dir: Path, s: PrepSettings) -> np.ndarray:
+def read_depth_png(path: Path) -> np.ndarray:
+    """uint16 [H, W] mm of a 16-bit single-channel PNG (a depth frame or a reference)."""
+    frame = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if frame is None or frame.dtype != np.uint16 or frame.ndim != 2:
+        raise CacheError(f"{path}: not a 16-bit single-channel PNG")
+    return frame
+
+
+class MissingReference(CacheError):
+    """--person-crop without a sample's empty-room reference."""
+
+
+def check_references(s: PrepSettings, names: list[str]) -> None:
+    """Every sample's `<root>/reference/<name>.png` exists, before any work: the crop has no
+    meaning without it, and a dataset with a few missing would train on a mix."""
+    missing = [p for p in (reference_path(s.root, n) for n in names) if not p.is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise MissingReference(
+            f"{missing[0]} is missing{more}: --person-crop needs each sample's empty-room "
+            "reference (16-bit PNG, mm, the depth frames' size). gd-synth writes them (for a "
+            "tree it wrote before it did: the same gd-synth command with --references-only); "
+            "for recorded data, capture one per camera with `gd-stream reference --out FILE`"
+        )
+
+
+def prepare_depth(
+    depth_dir: Path, s: PrepSettings, reference: np.ndarray | None = None, one_clip: bool = False
+) -> np.ndarray:
+    """Kept depth frames reduced to the model's size. With `person_crop`, each clip on the
+    grid is cropped to its person box against `reference`, the camera's empty room
+    (core.foreground); `one_clip`: one box for the whole sample (classification samples, whose
+    training clips start anywhere: one box keeps the person's scale across the sample)."""
     paths = depth_frame_paths(depth_dir)
+    if s.person_crop:
+        frames = [read_depth_png(p) for p in kept(paths, s.fps, s.downsample)]
+        if not frames:
+            raise CacheError(f"{depth_dir}: no depth frames")
+        crop = crop_clip_mm if one_clip else crop_clips
+        return crop(np.stack(frames), reference, s.spec)
     reduce = None
     out = []
     for path in kept(paths, s.fps, s.downsample):
-        frame = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if frame is None or frame.dtype != np.uint16 or frame.ndim != 2:
-            raise CacheError(f"{path}: not a 16-bit single-channel PNG")
+        frame = read_depth_png(path)
         if reduce is None:
             reduce = DepthPreprocessor(s.spec, *frame.shape)
         out.append(reduce.to_millimetres(frame))
@@ -147,7 +188,9 @@ def prepare_sample(sample: Any, s: PrepSettings) -> dict[str, np.ndarray]:
         return prepare_recording(sample, s, fit_rgb, optical_flow)
     arrays: dict[str, np.ndarray] = {}
     if "depth" in s.modalities:
-        arrays["depth"] = prepare_depth(sample.depth_dir, s)
+        reference = read_depth_png(reference_path(s.root, sample.name)) if s.person_crop else None
+        one_clip = s.dataset == "ntu"
+        arrays["depth"] = prepare_depth(sample.depth_dir, s, reference, one_clip)
     if "rgb" in s.modalities or "flow" in s.modalities:
         rgb = prepare_rgb(sample.rgb_path, s)
         if "rgb" in s.modalities:
@@ -247,30 +290,58 @@ def feature_stats(arrays: Iterable[np.ndarray], modality: str, depth_max_mm: int
     return {"mean": mean.tolist(), "std": std.tolist()}
 
 
+def other_settings(made: dict[str, Any], s: PrepSettings, ignore: tuple[str, ...] = ()) -> str:
+    """How the settings a cache was `made` with differ from `s` ('' if they do not), e.g.
+    `person_crop false there, true here`; keys in `ignore` may differ. A key the cache lacks
+    was made at its default (the cache predates the key)."""
+    wanted = json.loads(json.dumps(asdict(s)))
+    defaults = json.loads(json.dumps(asdict(PrepSettings(dataset="", root="", modalities=()))))
+    differ = [
+        f"{k} {json.dumps(made.get(k, defaults[k]))} there, {json.dumps(v)} here"
+        for k, v in wanted.items()
+        if k not in ignore and made.get(k, defaults[k]) != v
+    ]
+    return "; ".join(differ)
+
+
 def prepare(s: PrepSettings, out: Path, workers: int = 1, progress: bool = True) -> dict:
     """Build (or resume) the cache at `out`; returns a summary with the skipped samples."""
     if (out / "meta.json").exists():
-        return {"status": "complete", "skipped": json.loads((out / "meta.json").read_text())}
+        meta = json.loads((out / "meta.json").read_text())
+        # A complete cache may have moved with its data (gd-train's workdir), and may hold
+        # more modalities than asked for: only what decides the frames must match.
+        other = other_settings(meta.get("settings", {}), s, ignore=("root", "modalities"))
+        if other:
+            raise CacheError(
+                f"{out} is a complete cache made with other settings ({other}); use another "
+                "--out or delete it to rebuild"
+            )
+        return {"status": "complete", "skipped": meta}
+    if s.person_crop and s.dataset == "recordings":
+        raise CacheError("--person-crop is for the ntu and pku layouts; recordings: not yet")
     unknown = sorted(set(s.modalities) - set(MODALITIES))
     if unknown:
         raise CacheError(f"unknown modalities {unknown}; known: {', '.join(MODALITIES)}")
     if s.flow not in FLOW_METHODS:
         raise CacheError(f"flow must be one of {FLOW_METHODS}, got {s.flow!r}")
     s.spec  # noqa: B018 - validates size, rate and depth range before any work
-    out.mkdir(parents=True, exist_ok=True)
-    writer = CacheWriter(out, list(s.modalities))
-    settings_path = writer.parts / "settings.json"
-    record = json.dumps(asdict(s), sort_keys=True)
-    if settings_path.exists() and settings_path.read_text() != record:
-        raise CacheError(
-            f"{out} holds an unfinished cache made with other settings "
-            f"({settings_path.read_text()}); use another --out or delete it"
-        )
-    atomic_write_text(settings_path, record)
-
     samples = list_samples(s)
     if not samples:
         raise CacheError(f"{s.root}: no {s.dataset} samples found")
+    if s.person_crop and "depth" in s.modalities:
+        check_references(s, [x.name for x, _ in samples])
+    out.mkdir(parents=True, exist_ok=True)
+    writer = CacheWriter(out, list(s.modalities))
+    settings_path = writer.parts / "settings.json"
+    if settings_path.exists():
+        other = other_settings(json.loads(settings_path.read_text()), s)
+        if other:
+            raise CacheError(
+                f"{out} holds an unfinished cache made with other settings ({other}); use "
+                "another --out or delete it"
+            )
+    atomic_write_text(settings_path, json.dumps(asdict(s), sort_keys=True))
+
     todo = [(x, subset, s, str(out)) for x, subset in samples if not writer.is_done(x.name)]
     skipped: dict[str, str] = {}
     bar = tqdm(total=len(samples), initial=len(samples) - len(todo), unit="sample",
@@ -335,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "example: gd-prep --dataset pku --root data/pku --out cache/pku "
             "--modalities depth rgb flow jjd --size 96x128 --fit crop --flow farneback --workers 2"
+            " (add --person-crop for a person-centric model)"
         ),
     )
     p.add_argument(
@@ -369,6 +441,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(default), crop = centre crop to the --size aspect ratio, pad = letterbox with invalid "
         "depth (black RGB); written into the cache's clip spec, so the model and the server "
         "use the same",
+    )
+    p.add_argument(
+        "--person-crop",
+        action="store_true",
+        help="crop each clip to the box of the person in it (core.foreground: pixels nearer "
+        "than the camera's empty room), against <root>/reference/<sample>.png, the sample's "
+        "empty-room depth (gd-synth writes them); NTU samples get one box each, PKU-MMD "
+        "videos one per clip of the grid (clip_len = clip_step = 10 kept frames). Written "
+        "into the cache's clip spec: the model's server then crops the same way and needs a "
+        "reference per camera (docs/training.md)",
     )
     p.add_argument(
         "--downsample",
@@ -439,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         split=split,
         version=args.version,
         fit=args.fit,
+        person_crop=args.person_crop,
     )
     try:
         summary = prepare(settings, args.out, workers=max(args.workers, 1))

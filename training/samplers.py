@@ -38,14 +38,20 @@ def window_clip_starts(
 
     Training (`rng` given): a window of `spec.window` clips `clip_step` apart, starting at a
     random kept frame (not only on the clip grid, as the released code), so every offset is
-    seen. Test (`rng` None): every clip of the video on the grid, for offline windows.
+    seen; with `spec.person_crop`, at a random clip of the grid, since the cache holds each
+    grid clip cropped to its own box (core.foreground) and a window across two boxes would
+    show the network crops it never sees at serving time. Test (`rng` None): every clip of
+    the video on the grid, for offline windows.
     """
     if rng is None:
         return np.arange(num_clips(n_kept, spec)) * spec.clip_step
     span = (spec.window - 1) * spec.clip_step + spec.clip_len
     if n_kept < span:
         raise ValueError(f"video of {n_kept} kept frames is shorter than a window ({span})")
-    start = rng.integers(0, n_kept - span + 1)
+    if spec.person_crop:
+        start = spec.clip_step * rng.integers(0, (n_kept - span) // spec.clip_step + 1)
+    else:
+        start = rng.integers(0, n_kept - span + 1)
     return start + np.arange(spec.window) * spec.clip_step
 
 

@@ -11,7 +11,7 @@ const CHART_GAP_SECONDS = 5; // scores come every second; a longer silence break
 const PREVIEW_EVERY_MS = 2000; // an online camera's depth preview is read again this often
 const PAGE = 50; // events per history page
 const ALERTS_EVERY_MS = 5000; // the queue is read again this often (the feed is per server)
-const ALERTS_LISTED = 200; // the newest unreviewed events the queue shows
+const ALERTS_LISTED = 200; // the newest unreviewed alerted events the queue shows
 
 const $ = (selector) => document.querySelector(selector);
 const el = (tag, props = {}, ...children) => {
@@ -253,12 +253,17 @@ const queued = new Map(); // event id -> list item
 const heard = new Set(); // the alerts the sound was played for (once each)
 let alertsLoaded = false; // the first list is read without a sound
 
+// The queue: events the alert rules alerted about that nobody has reviewed yet (the steady
+// events that alert nobody stay in the history only).
 function isAlert(event) {
-  return event.review === "new";
+  return event.review === "new" && event.alerted;
 }
 
 function showAlert(event) {
-  if (!isAlert(event)) return dropAlert(event.id);
+  if (event.review !== "new") return dropAlert(event.id);
+  // one queued stays until reviewed (a change relayed from another server may not say
+  // `alerted`; the next read of the queue does)
+  if (!event.alerted && !queued.has(event.id)) return;
   let item = queued.get(event.id);
   if (!item) {
     item = el("li", { className: "alert", dataset: { event: event.id, start: event.start } });
@@ -313,7 +318,8 @@ async function reviewEvent(id, action) {
 // the request can leave: one the feed added meanwhile is not in the answer yet.
 async function refreshAlerts() {
   const before = new Set(queued.keys());
-  const answer = await api("/v1/events", { query: { review: "new", limit: ALERTS_LISTED } });
+  const query = { review: "new", alerted: "true", limit: ALERTS_LISTED };
+  const answer = await api("/v1/events", { query });
   const listed = new Set(answer.events.map((e) => e.id));
   for (const id of before) {
     if (!listed.has(id)) dropAlert(id);

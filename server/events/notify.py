@@ -184,8 +184,8 @@ class FeedRelay:
                 change = notice["change"]
                 if change not in get_args(ChangeKind):
                     raise ValueError(change)
-                record = await asyncio.to_thread(self.store.get, str(notice["event"]))
-                item: Item | None = None if record is None else Change(change, record)
+                found = await asyncio.to_thread(self.store.get_alerted, str(notice["event"]))
+                item: Item | None = None if found is None else Change(change, *found)
             else:
                 item = await asyncio.to_thread(self.store.camera, str(notice["camera"]))
         except (ValueError, KeyError, TypeError):

@@ -3,8 +3,10 @@
 `ActionStart` creates an event (its confidence then runs: the mean probability of its label
 over the clips so far), `ActionEnd` ends it with the final label and confidence. `Scores`
 update the camera's top action and last frame time in memory only; they reach the store at
-most every `flush_every_s` (and at once on disconnect), with the open events' running
-confidence. Store calls go, in order, to the events service's single thread: the listener
+most every `flush_every_s` (and at once on disconnect). An open event's running confidence is
+written less often: at most every `confidence_every_s`, but at the next flush when it crosses
+a minimum confidence of the alert rules (an alert, or a repeat, never waits for it), and with
+the end. Store calls go, in order, to the events service's single thread: the listener
 never waits for the database, except on disconnect, which returns once everything the stream
 made is stored (so whoever sees a stream closed sees its events), or, while the database is
 away, kept in memory to be stored in order when it returns (server/events/service.py).
@@ -25,8 +27,13 @@ from typing import Any
 
 from core.events import ActionEnd, ActionStart, End, Event, FramesDropped, Scores
 from core.wire import Hello
+from server.events.rules import AlertRules
 from server.events.store import CameraRecord, Change, EventStore
 from server.events.types import EventRecord
+
+# The running confidence's write rate: a write transaction per open event a second was the
+# event path's largest cost (docs/results.md); the API and feed show it this late at most.
+CONFIDENCE_EVERY_S = 5.0
 
 
 @dataclass
@@ -36,11 +43,16 @@ class _Open:
     record: EventRecord
     total: float
     clips: int
+    written_at: datetime  # when its confidence was last written
     changed: bool = False
 
     @property
     def confidence(self) -> float:
         return self.total / self.clips
+
+    @property
+    def written(self) -> float:
+        return self.record.confidence  # the record keeps the value last written
 
 
 @dataclass
@@ -73,9 +85,21 @@ class EventRecorder:
         submit: Callable[..., Any],
         drain: Callable[[], Awaitable[None]],
         clock: Callable[[], datetime],
+        confidence_every_s: float = CONFIDENCE_EVERY_S,
     ) -> None:
         self.store, self.submit, self.drain, self.clock = store, submit, drain, clock
         self.cameras: dict[str, _Camera] = {}
+        self.confidence_every = timedelta(seconds=confidence_every_s)
+        # the minimum confidences an alert or repeat depends on; None: a policy that does not
+        # say (every change is written at the next flush)
+        policy = store.policy
+        self.thresholds: frozenset[float] | None = (
+            policy.thresholds
+            if isinstance(policy, AlertRules)
+            else frozenset()
+            if policy is None
+            else None
+        )
 
     async def connected(self, camera_id: str, hello: Hello, model: dict[str, str]) -> None:
         now = self.clock()
@@ -142,7 +166,7 @@ class EventRecorder:
             model_name=model["name"],
             model_version=model["version"],
         )
-        camera.open = _Open(record, start.confidence, 1)
+        camera.open = _Open(record, start.confidence, 1, now)
         self.submit(self.store.add_event, record, now)
 
     def _end(self, camera: _Camera, end: ActionEnd, model: dict[str, str], now: datetime) -> None:
@@ -168,10 +192,14 @@ class EventRecorder:
         if camera is None:
             return
         now = self.clock()
-        if camera.open is not None:  # gone mid-action: it ended with the last frame seen
-            event_id, camera.open = camera.open.record.id, None
+        if (event := camera.open) is not None:  # gone mid-action: ended with the last frame
+            camera.open = None
             end = camera.record.last_frame_at or now
-            self.submit(lambda: self.store.update_event(event_id, now, end=end))
+            final = partial(
+                self.store.update_event, event.record.id, now, end=end,
+                confidence=event.confidence,
+            )  # fmt: skip
+            self.submit(final)
         camera.update(connected=False, frames=frames, drops=dropped, last_seen=now)
         self.flush(camera_id)
         await self.drain()
@@ -186,13 +214,21 @@ class EventRecorder:
             if camera.dirty:
                 changed.append(camera.record)
                 camera.dirty = False
-            if (event := camera.open) is not None and event.changed:
-                event.changed = False
+            if (event := camera.open) is not None and event.changed and self._due(event, now):
+                event.changed, event.written_at = False, now
+                event.record = replace(event.record, confidence=event.confidence)
                 confidences[event.record.id] = event.confidence
         if confidences:  # one transaction for all of them: a write costs about its commit
             self.submit(self.store.update_confidences, confidences, now)
         if changed:
             self.submit(self._save, changed)
+
+    def _due(self, event: _Open, now: datetime) -> bool:
+        """Whether the running confidence is written at this flush."""
+        if self.thresholds is None or now - event.written_at >= self.confidence_every:
+            return True
+        was, is_ = event.written, event.confidence
+        return any((was >= t) != (is_ >= t) for t in self.thresholds)
 
     def _save(self, records: list[CameraRecord]) -> list[CameraRecord]:
         self.store.save_cameras(records)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from collections.abc import Collection, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -118,6 +118,34 @@ class AlertRules:
         return min(every, default=None)
 
     @property
+    def lookback(self) -> timedelta:
+        """How far back the rules look at a camera's alerts: the longest cooldown or repeat
+        interval (an event's own alerts count at any age: the store finds them by its id)."""
+        spans = [r.cooldown_s for r in self.spec.rules]
+        spans += [r.repeat_every_s for r in self.spec.rules if r.repeat_every_s is not None]
+        return timedelta(seconds=max(spans, default=0.0))
+
+    @property
+    def thresholds(self) -> frozenset[float]:
+        """Every minimum confidence a rule applies somewhere (its own, its cameras')."""
+        found = {r.min_confidence for r in self.spec.rules}
+        for rule in self.spec.rules:
+            found |= {
+                o.min_confidence for o in rule.cameras.values() if o.min_confidence is not None
+            }
+        return frozenset(found)
+
+    def destinations_for(self, camera_id: str, label: str) -> frozenset[str]:
+        """The destinations some rule may alert about this label on this camera: once an
+        event has alerted each of them, its updates owe nothing more until it ends."""
+        return frozenset(
+            d
+            for rule in self.spec.rules
+            if (applies := rule.for_camera(camera_id)) is not None and label in applies[0]
+            for d in rule.destinations
+        )
+
+    @property
     def repeat_for_s(self) -> float:
         """Events that started longer ago than this never repeat (the longest of any rule)."""
         return max((r.repeat_for_s for r in self.spec.rules if r.repeat_every_s), default=0.0)
@@ -135,6 +163,8 @@ class AlertRules:
             applies = rule.for_camera(event.camera_id)
             if applies is None or event.label not in applies[0]:
                 continue
+            if change in ("started", "updated") and event.confidence < applies[1]:
+                continue  # owes nothing whatever the history: no need to ask it
             for destination in rule.destinations:
                 if destination in served:
                     continue

@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -73,11 +74,14 @@ events = Table(
     Column("reviewed_at", UtcDateTime, nullable=True),
     Column("note", Text, nullable=True),
     Column("keep", Boolean, nullable=False, server_default=false()),
+    # the rules owed it an alert (set with its first outbox row): the dashboard's alert queue
+    Column("alerted", Boolean, nullable=False, server_default=false()),
     Index("ix_events_start", "start_at", "id"),
     Index("ix_events_camera", "camera_id", "start_at", "id"),
     Index("ix_events_label", "label", "start_at", "id"),
     Index("ix_events_review", "review", "start_at", "id"),
     Index("ix_events_end", "end_at"),  # open events (NULL), retention
+    Index("ix_events_alerted", "alerted", "start_at", "id"),
 )
 
 cameras = Table(
@@ -93,6 +97,17 @@ cameras = Table(
     Column("last_frame_at", UtcDateTime, nullable=True),
     Column("top_label", String(NAME_LEN), nullable=True),
     Column("top_score", Float, nullable=True),
+)
+
+# Each camera's empty-room depth (docs/events.md, *Camera references*): a 16-bit PNG in mm.
+camera_references = Table(
+    "camera_references",
+    metadata,
+    Column("camera_id", String(NAME_LEN), primary_key=True),
+    Column("png", LargeBinary, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
 )
 
 deliveries = Table(
@@ -118,4 +133,6 @@ deliveries = Table(
     Column("delivered_at", UtcDateTime, nullable=True),
     Index("ix_deliveries_due", "state", "destination", "next_attempt_at"),
     Index("ix_deliveries_event", "event_id", "destination", "created_at"),
+    # the rules' cooldown and repeat lookups: a destination's recent alerts
+    Index("ix_deliveries_recent", "destination", "created_at"),
 )

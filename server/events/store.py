@@ -20,7 +20,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -52,7 +52,8 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from server.events.schema import cameras, deliveries, events
+from server.events.rules import AlertRules
+from server.events.schema import camera_references, cameras, deliveries, events
 from server.events.types import AlertPolicy, Delivery, EventRecord, Review
 
 log = logging.getLogger("gd.server")
@@ -105,6 +106,17 @@ class CameraRecord:
 
 
 @dataclass(frozen=True)
+class ReferenceRecord:
+    """A camera's empty-room depth as stored: a 16-bit single-channel PNG (mm) and its size."""
+
+    camera_id: str
+    png: bytes
+    height: int
+    width: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
 class EventFilter:
     """`GET /v1/events`' filters; None: any. `since` <= start < `until`."""
 
@@ -115,12 +127,14 @@ class EventFilter:
     since: datetime | None = None
     until: datetime | None = None
     min_confidence: float | None = None
+    alerted: bool | None = None  # the rules owed it an alert (the dashboard's alert queue)
 
 
 @dataclass(frozen=True)
 class Page:
     events: list[EventRecord]
     next_cursor: str | None  # None: this was the last page
+    alerted: frozenset[str] = frozenset()  # the ids of those the rules owed an alert
 
 
 @dataclass(frozen=True)
@@ -129,6 +143,7 @@ class Change:
 
     change: ChangeKind
     event: EventRecord
+    alerted: bool = False  # the rules owed the event an alert, by now
 
 
 def database_url(value: str) -> str:
@@ -216,22 +231,39 @@ def cause(error: BaseException) -> str:
 
 
 class _History:
-    """`AlertHistory` inside the transaction that writes the event."""
+    """`AlertHistory` inside the transaction that writes `event`.
 
-    def __init__(self, connection: Connection) -> None:
-        self.connection = connection
+    With a `lookback` (the rules' longest cooldown or repeat interval: `AlertRules.lookback`),
+    a camera's alerts are looked up only that far back, plus `event`'s own at any age: all
+    that the rules' answer depends on (a cooldown or repeat interval measured from an alert
+    older than the longest one has passed either way; whether this event alerted is its own
+    rows), found through indexes whatever the length of the history. Without one: all."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        event: EventRecord,
+        now: datetime,
+        lookback: timedelta | None,
+    ) -> None:
+        self.connection, self.event, self.now, self.lookback = connection, event, now, lookback
 
     def last_alert_at(self, camera_id: str, label: str, destination: str) -> datetime | None:
+        d = deliveries.c
         query = (
-            select(func.max(deliveries.c.created_at))
-            .join(events, events.c.id == deliveries.c.event_id)
-            .where(
-                events.c.camera_id == camera_id,
-                events.c.label == label,
-                deliveries.c.destination == destination,
-            )
+            select(func.max(d.created_at))
+            .join(events, events.c.id == d.event_id)
+            .where(events.c.camera_id == camera_id, events.c.label == label)
+            .where(d.destination == destination)
         )
-        return self.connection.execute(query).scalar()
+        if self.lookback is None:
+            return self.connection.execute(query).scalar()
+        found = [self.connection.execute(query.where(d.created_at >= self.now - self.lookback))]
+        if (camera_id, label) == (self.event.camera_id, self.event.label):
+            own = select(func.max(d.created_at))
+            own = own.where(d.event_id == self.event.id, d.destination == destination)
+            found.append(self.connection.execute(own))
+        return max((t for r in found if (t := r.scalar()) is not None), default=None)
 
 
 class EventStore:
@@ -239,6 +271,14 @@ class EventStore:
 
     def __init__(self, engine: Engine, policy: AlertPolicy | None = None) -> None:
         self.engine, self.policy = engine, policy
+        # Open events whose updates owe no alert until they end (they alerted every
+        # destination a rule gives them, or no rule applies): their running confidence is
+        # written without asking the rules. Only ever a shortcut: forgotten on a restart,
+        # the rules are asked again (and answer from the database). `_checked`: open events
+        # whose alerts were looked at once; they are looked at again only when they alert.
+        # The writer's thread only, changed after a commit.
+        self._quiet: set[str] = set()
+        self._checked: set[str] = set()
 
     @classmethod
     def open(cls, url: str, policy: AlertPolicy | None = None) -> EventStore:
@@ -286,8 +326,9 @@ class EventStore:
         with self._write() as connection:
             connection.execute(insert(events).values(_event_row(record)))
             change: ChangeKind = "started" if record.end is None else "ended"
-            self._changed(connection, record, change, now)
-        return Change(change, record)
+            alerted, quiet = self._changed(connection, record, change, now)
+        self._remember(record, quiet)
+        return Change(change, record, alerted)
 
     def update_event(
         self,
@@ -332,17 +373,24 @@ class EventStore:
         """Running confidences of open events (`updated`), a flush's worth in one transaction;
         events deleted meanwhile are left out."""
         with self._write() as connection:
-            changes = [
+            done = [
                 self._update_in(connection, event_id, {"confidence": c}, "updated", now)
                 for event_id, c in confidences.items()
             ]
-        return [c for c in changes if c is not None]
+        changes = [d for d in done if d is not None]
+        for change, quiet in changes:
+            self._remember(change.event, quiet)
+        return [change for change, _ in changes]
 
     def _update(
         self, event_id: str, values: dict[str, Any], change: ChangeKind, now: datetime
     ) -> Change | None:
         with self._write() as connection:
-            return self._update_in(connection, event_id, values, change, now)
+            done = self._update_in(connection, event_id, values, change, now)
+        if done is None:
+            return None
+        self._remember(done[0].event, done[1])
+        return done[0]
 
     def _update_in(
         self,
@@ -351,23 +399,31 @@ class EventStore:
         values: dict[str, Any],
         change: ChangeKind,
         now: datetime,
-    ) -> Change | None:
-        result = connection.execute(update(events).where(events.c.id == event_id).values(**values))
-        if result.rowcount == 0:
+    ) -> tuple[Change, bool | None] | None:
+        """The change and, as `_changed` says, whether the event is now quiet."""
+        statement = update(events).where(events.c.id == event_id).values(**values)
+        row = connection.execute(statement.returning(*events.c)).first()
+        if row is None:
             return None
-        record = self._get(connection, event_id)
-        assert record is not None  # updated just now, in this transaction
-        self._changed(connection, record, change, now)
-        return Change(change, record)
+        record = _event(row)
+        if change == "updated" and event_id in self._quiet:
+            return Change(change, record, row.alerted), True  # owes nothing until it ends
+        alerted, quiet = self._changed(connection, record, change, now)
+        return Change(change, record, alerted or row.alerted), quiet
 
     def _changed(
         self, connection: Connection, record: EventRecord, change: str, now: datetime
-    ) -> None:
-        """The alerts the rules owe for this change, into the outbox, in this transaction."""
+    ) -> tuple[bool, bool | None]:
+        """The alerts the rules owe for this change, into the outbox, in this transaction
+        (and the event marked `alerted`). Returns whether it owed any, and whether the open
+        event's updates now owe nothing until it ends (None: not looked at; `_remember`)."""
         if self.policy is None:
-            return
-        alerts = self.policy.alerts_for(record, change, _History(connection), now)
+            return False, None
+        lookback = self.policy.lookback if isinstance(self.policy, AlertRules) else None
+        history = _History(connection, record, now, lookback)
+        alerts = self.policy.alerts_for(record, change, history, now)
         if alerts:
+            connection.execute(update(events).where(events.c.id == record.id).values(alerted=True))
             connection.execute(
                 insert(deliveries),
                 [
@@ -384,6 +440,31 @@ class EventStore:
                     for a in alerts
                 ],
             )
+        if (
+            not isinstance(self.policy, AlertRules)
+            or record.end is not None
+            or change not in ("started", "updated")
+            or (not alerts and record.id in self._checked)
+        ):
+            return bool(alerts), None
+        wanted = self.policy.destinations_for(record.camera_id, record.label)
+        sent = {a.destination for a in alerts}
+        if not wanted <= sent:  # alerted before (another server, before a restart)?
+            d = deliveries.c
+            query = select(d.destination).where(d.event_id == record.id).distinct()
+            sent |= set(connection.execute(query).scalars())
+        return bool(alerts), wanted <= sent
+
+    def _remember(self, record: EventRecord, quiet: bool | None) -> None:
+        """After the commit: whether the open event owes nothing until it ends (`_quiet`);
+        an ended event is forgotten."""
+        if record.end is not None:
+            self._quiet.discard(record.id)
+            self._checked.discard(record.id)
+        elif quiet is not None:
+            self._checked.add(record.id)
+            if quiet:
+                self._quiet.add(record.id)
 
     def repeat_alerts(self, since: datetime, now: datetime) -> int:
         """Offer every event not yet reviewed that started at or after `since` to the rules
@@ -402,6 +483,12 @@ class EventStore:
     def get(self, event_id: str) -> EventRecord | None:
         with self._read() as connection:
             return self._get(connection, event_id)
+
+    def get_alerted(self, event_id: str) -> tuple[EventRecord, bool] | None:
+        """The event and whether the rules owed it an alert; None if unknown."""
+        with self._read() as connection:
+            row = connection.execute(select(events).where(events.c.id == event_id)).first()
+        return None if row is None else (_event(row), row.alerted)
 
     def _get(self, connection: Connection, event_id: str) -> EventRecord | None:
         row = connection.execute(select(events).where(events.c.id == event_id)).first()
@@ -435,6 +522,8 @@ class EventStore:
             conditions.append(c.start_at < where.until)
         if where.min_confidence is not None:
             conditions.append(c.confidence >= where.min_confidence)
+        if where.alerted is not None:
+            conditions.append(c.alerted == where.alerted)
         if cursor is not None:
             start, event_id = decode_cursor(cursor)
             conditions.append(or_(c.start_at < start, and_(c.start_at == start, c.id < event_id)))
@@ -445,11 +534,13 @@ class EventStore:
             .limit(limit + 1)
         )
         with self._read() as connection:
-            records = [_event(row) for row in connection.execute(query)]
-        more = len(records) > limit
-        records = records[:limit]
+            rows = connection.execute(query).all()
+        more = len(rows) > limit
+        records = [_event(row) for row in rows[:limit]]
+        alerted = frozenset(row.id for row in rows[:limit] if row.alerted)
         last = records[-1] if more else None
-        return Page(records, None if last is None else encode_cursor(last.start, last.id))
+        cursor = None if last is None else encode_cursor(last.start, last.id)
+        return Page(records, cursor, alerted)
 
     def delete_expired(self, before: datetime) -> int:
         """Retention: delete ended events that started before `before`, except those kept
@@ -487,6 +578,31 @@ class EventStore:
         with self._read() as connection:
             row = connection.execute(select(cameras).where(cameras.c.id == camera_id)).first()
         return None if row is None else CameraRecord(**row._mapping)
+
+    # --- camera references ---------------------------------------------------------------
+
+    def put_reference(self, record: ReferenceRecord) -> None:
+        """Insert or replace the camera's reference."""
+        dialect = sqlite if self.engine.dialect.name == "sqlite" else postgresql
+        statement = dialect.insert(camera_references).values(asdict(record))
+        statement = statement.on_conflict_do_update(
+            index_elements=[camera_references.c.camera_id],
+            set_={c.name: statement.excluded[c.name] for c in camera_references.c},
+        )
+        with self._write() as connection:
+            connection.execute(statement)
+
+    def references(self) -> list[ReferenceRecord]:
+        """Every camera's reference, by camera id."""
+        query = select(camera_references).order_by(camera_references.c.camera_id)
+        with self._read() as connection:
+            return [ReferenceRecord(**row._mapping) for row in connection.execute(query)]
+
+    def delete_reference(self, camera_id: str) -> bool:
+        """Whether the camera had a reference (it has none now)."""
+        where = camera_references.c.camera_id == camera_id
+        with self._write() as connection:
+            return connection.execute(delete(camera_references).where(where)).rowcount > 0
 
     # --- the outbox (types.Outbox) -------------------------------------------------------
 
@@ -743,6 +859,7 @@ def _event_row(r: EventRecord) -> dict[str, Any]:
 def _event(row: Any) -> EventRecord:
     m = dict(row._mapping)
     m["start"], m["end"] = m.pop("start_at"), m.pop("end_at")
+    m.pop("alerted", None)  # the alert queue's filter, not part of the record
     return EventRecord(**m)
 
 

@@ -18,6 +18,7 @@ from core.clip import TimestampError, clips_span
 from server import offline, uploads
 from server.dependencies import ServiceDep
 from server.errors import ApiError
+from server.events.service import reference_problem
 from server.multipart import read_file_field
 from server.schemas import (
     ClipScores,
@@ -25,6 +26,7 @@ from server.schemas import (
     DetectionsResponse,
     ErrorResponse,
     ModelRef,
+    UploadWarning,
     VideoInfo,
 )
 from server.service import Service
@@ -64,12 +66,21 @@ async def detections(
         Query(gt=0, le=1000, allow_inf_nan=False, description="for .npy / .npz / .zip"),
     ] = None,
     scores: Annotated[bool, Query(description="include per-clip scores")] = False,
+    camera_id: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=128,
+            description="the camera the video comes from: a person-crop model uses its "
+            "empty-room reference (PUT /v1/cameras/{camera_id}/reference)",
+        ),
+    ] = None,
 ) -> DetectionsResponse:
     """Detect actions in an uploaded depth video (multipart field `file`)."""
     start = time.perf_counter()
     status = 500
     try:
-        response = await _detect(request, service, fps, scores, start)
+        response = await _detect(request, service, fps, scores, start, camera_id)
         status = 200
         return response
     except (ApiError, uploads.UploadError) as e:
@@ -87,7 +98,12 @@ async def detections(
 
 
 async def _detect(
-    request: Request, service: Service, fps: float | None, scores: bool, start: float
+    request: Request,
+    service: Service,
+    fps: float | None,
+    scores: bool,
+    start: float,
+    camera_id: str | None = None,
 ) -> DetectionsResponse:
     # one engine (and its bundle) for the whole upload, even if the model is reloaded meanwhile
     settings, engine = service.settings, service.engine
@@ -101,6 +117,14 @@ async def _detect(
     video = await loop.run_in_executor(service.decode_executor, uploads.decode, data, fps, limits)
     del data
     decoded = time.perf_counter()
+    reference, warnings = None, []
+    if bundle.clip.person_crop:  # each clip cropped against the camera's empty-room depth
+        stored = None if camera_id is None else request.app.state.references.get(camera_id)
+        problem = reference_problem(stored, camera_id, video.frames.shape[1:])
+        if problem is not None:
+            warnings.append(UploadWarning(code=problem[0], message=problem[1]))
+        elif stored is not None:
+            reference = stored.image
     try:
         result = await offline.detect(
             engine,
@@ -111,6 +135,7 @@ async def _detect(
             chunk_clips=settings.max_batch,
             max_clips=settings.max_upload_clips,
             max_upsample=settings.max_upload_upsample,
+            reference=reference,
         )
     except (offline.TooShort, TimestampError) as e:
         raise ApiError(422, "invalid_video", str(e)) from e
@@ -119,7 +144,9 @@ async def _detect(
     except offline.TooManyClips as e:
         raise ApiError(413, "too_many_clips", str(e)) from e
     timing = {"receive": received - start, "decode": decoded - received}
-    return _response(bundle, video, result, scores, timing, start)
+    response = _response(bundle, video, result, scores, timing, start)
+    response.warnings = warnings
+    return response
 
 
 def _response(

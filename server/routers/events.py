@@ -20,7 +20,7 @@ from starlette.requests import HTTPConnection
 from server.auth import bearer_token
 from server.errors import ApiError
 from server.events.delivery import message_id
-from server.events.service import EventService
+from server.events.service import EventService, Reference
 from server.events.store import (
     CameraRecord,
     Change,
@@ -59,9 +59,12 @@ class EventOut(BaseModel):
     reviewed_at: datetime | None
     note: str | None
     keep: bool = Field(description="retention never deletes it")
+    alerted: bool = Field(
+        description="the alert rules owed it an alert (`?alerted=true`: the alert queue)"
+    )
 
     @classmethod
-    def of(cls, r: EventRecord) -> EventOut:
+    def of(cls, r: EventRecord, alerted: bool) -> EventOut:
         return cls(
             id=r.id,
             camera_id=r.camera_id,
@@ -77,6 +80,7 @@ class EventOut(BaseModel):
             reviewed_at=r.reviewed_at,
             note=r.note,
             keep=r.keep,
+            alerted=alerted,
         )
 
 
@@ -107,6 +111,14 @@ class TopAction(BaseModel):
 STALE_AFTER = timedelta(minutes=2)
 
 
+class ReferenceInfo(BaseModel):
+    """A camera's empty-room reference (its PNG: GET /v1/cameras/{id}/reference)."""
+
+    height: int
+    width: int
+    updated_at: datetime
+
+
 class CameraOut(BaseModel):
     id: str
     connected: bool
@@ -117,9 +129,16 @@ class CameraOut(BaseModel):
     drops: int = Field(description="of those, dropped under load")
     last_frame_at: datetime | None
     top: TopAction | None = Field(description="the newest clip's most probable action")
+    reference: ReferenceInfo | None = Field(
+        description="its empty-room reference, for person-crop models; null: none"
+    )
 
     @classmethod
-    def of(cls, r: CameraRecord) -> CameraOut:
+    def of(cls, r: CameraRecord, reference: Reference | None) -> CameraOut:
+        info = None
+        if reference is not None:
+            h, w = reference.image.shape
+            info = ReferenceInfo(height=h, width=w, updated_at=reference.updated_at)
         top = None
         if r.top_label is not None and r.top_score is not None:
             top = TopAction(label=r.top_label, score=r.top_score)
@@ -133,6 +152,7 @@ class CameraOut(BaseModel):
             drops=r.drops,
             last_frame_at=r.last_frame_at,
             top=top,
+            reference=info,
         )
 
 
@@ -207,16 +227,20 @@ def list_events(
     since: Annotated[AwareDatetime | None, Query(description="start >= since")] = None,
     until: Annotated[AwareDatetime | None, Query(description="start < until")] = None,
     min_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
+    alerted: Annotated[
+        bool | None, Query(description="true: those the alert rules alerted about")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     cursor: Annotated[str | None, Query(max_length=1000)] = None,
 ) -> EventsPage:
     """Stored events, newest first (by start, then id), filtered; `next_cursor` pages on."""
-    where = EventFilter(camera, label, state, review, since, until, min_confidence)
+    where = EventFilter(camera, label, state, review, since, until, min_confidence, alerted)
     try:
         page = events.store.list_events(where, limit, cursor)
     except CursorError as e:
         raise ApiError(400, "bad_cursor", str(e)) from None
-    return EventsPage(events=[EventOut.of(r) for r in page.events], next_cursor=page.next_cursor)
+    listed = [EventOut.of(r, r.id in page.alerted) for r in page.events]
+    return EventsPage(events=listed, next_cursor=page.next_cursor)
 
 
 @router.get(
@@ -237,10 +261,12 @@ async def feed(
             while (item := await sub.next()) is not None:
                 if isinstance(item, Change):
                     if camera is None or item.event.camera_id == camera:
-                        body = EventChange(change=item.change, event=EventOut.of(item.event))
+                        out = EventOut.of(item.event, item.alerted)
+                        body = EventChange(change=item.change, event=out)
                         yield ServerSentEvent(body.model_dump_json(), event="event")
                 elif camera is None or item.id == camera:
-                    yield ServerSentEvent(CameraOut.of(item).model_dump_json(), event="camera")
+                    camera_out = CameraOut.of(item, events.references.get(item.id))
+                    yield ServerSentEvent(camera_out.model_dump_json(), event="camera")
 
     return EventSourceResponse(stream(), ping=FEED_PING_S)
 
@@ -248,10 +274,10 @@ async def feed(
 @router.get("/events/{event_id}", responses=NOT_FOUND)
 def get_event(event_id: str, events: EventsDep) -> EventOut:
     """One event."""
-    record = events.store.get(event_id)
-    if record is None:
+    found = events.store.get_alerted(event_id)
+    if found is None:
         raise ApiError(404, "not_found", f"no event {event_id!r}")
-    return EventOut.of(record)
+    return EventOut.of(*found)
 
 
 @router.post("/events/{event_id}/review", responses=NOT_FOUND)
@@ -269,7 +295,7 @@ async def review_event(
     )
     if change is None:
         raise ApiError(404, "not_found", f"no event {event_id!r}")
-    return EventOut.of(change.event)
+    return EventOut.of(change.event, change.alerted)
 
 
 def reviewer(request: Request) -> str:
@@ -285,8 +311,10 @@ def reviewer(request: Request) -> str:
 def list_cameras(events: EventsDep) -> CamerasResponse:
     """Every camera the server has seen, connected or not (states stored at most a second
     after they change)."""
-    now = events.clock()
-    return CamerasResponse(cameras=[CameraOut.of(stale(r, now)) for r in events.store.cameras()])
+    now, references = events.clock(), events.references
+    return CamerasResponse(
+        cameras=[CameraOut.of(stale(r, now), references.get(r.id)) for r in events.store.cameras()]
+    )
 
 
 def stale(r: CameraRecord, now: datetime) -> CameraRecord:

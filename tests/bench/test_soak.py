@@ -35,7 +35,13 @@ def test_a_short_soak_runs_and_reports(tmp_path):
         ],
         cwd=ROOT,
         # short server timeouts, so that hostile recordings and idle streams end in the run
-        env={**os.environ, "GD_DECODE_TIMEOUT_S": "3", "GD_IDLE_TIMEOUT_S": "2"},
+        # and its event store in tmp_path, not the checkout's data/ (which `make run` shows)
+        env={
+            **os.environ,
+            "GD_DECODE_TIMEOUT_S": "3",
+            "GD_IDLE_TIMEOUT_S": "2",
+            "GD_DATA_DIR": str(tmp_path),
+        },
         capture_output=True,
         text=True,
         timeout=120,

@@ -20,14 +20,15 @@ def test_the_event_path_mode_serves_both_arms_and_reports(tmp_path):
     bundle = make_bundle(tmp_path / "tiny")
     run = subprocess.run(
         [sys.executable, "bench/streams.py", "--event-path", "--model", str(bundle.root),
-         "--rounds", "1", "--counts", "2", "--cost-streams", "2", "--seconds", "2"],
+         "--rounds", "1", "--counts", "2", "--cost-streams", "2", "--seconds", "1",
+         "--warmup", "0.5", "--store-calls", "2"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     out = run.stdout
     rows = [line.split() for line in out.splitlines() if line.startswith("events-")]
-    # each arm: the fixed-count step, then the bisection's one step
-    assert [(r[0], r[2]) for r in rows] == [("events-off", "2")] * 2 + [("events-on", "2")] * 2
+    # each arm: the fixed-count step only (the grid is that count: no bisection)
+    assert [(r[0], r[2]) for r in rows] == [("events-off", "2"), ("events-on", "2")]
     found = re.search(r"(\d+) events stored; deliveries by state (\{.*\}); .* (\{.*\})$", out, re.M)
     assert found, out
     events, states, received = int(found[1]), json.loads(found[2]), json.loads(found[3])

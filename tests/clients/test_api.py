@@ -128,6 +128,20 @@ def test_reducer_keeps_the_aspect_ratio_the_model_was_trained_with():
     assert (image[1:7] > 0).all()
 
 
+def test_reducer_sends_whole_frames_to_a_person_crop_model():
+    """The crop needs the camera's full frame: a person-crop model's kept frames go whole, on
+    the model's ticks, even where `ready.sizes` lists the model's size too (an older server)."""
+    spec = dataclasses.replace(SPEC, person_crop=True)
+    reduce = api._Reducer(ready(sizes=((48, 64), (8, 8)), spec=spec), 48, 64)
+    frames = [np.full((48, 64), 1000 + i, np.uint16) for i in range(13)]
+    t0 = 1_000_000
+    sent = [s for i, f in enumerate(frames) for s in reduce(i, t0 + round(i * 1e6 / 30), f)]
+    # By hand: at 30 fps frame 3k falls exactly on tick k (every 100 ms): the 5 ticks of
+    # frames 0..12 are frames 0, 3, 6, 9, 12.
+    assert [(t, i) for t, i, _ in sent] == [(t0 + 100_000 * k, 3 * k) for k in range(5)]
+    assert all(image is frames[i] for _, i, image in sent)  # untouched: the camera's frame
+
+
 def test_reducer_sends_full_frames_to_a_server_that_wants_them():
     reduce = api._Reducer(ready(sizes=((48, 64),)), 48, 64)
     frame = np.ones((48, 64), np.uint16)

@@ -1,5 +1,6 @@
 """gd-stream / gd-upload arguments, tokens, backoff and output lines (no server needed)."""
 
+import dataclasses
 import io
 import json
 import random
@@ -93,6 +94,9 @@ def test_readable_lines():
     end = ActionEnd("fall", 1, 36, 71, 1.2, 2.4, 0.876, T0 + 1_200_000, T0 + 2_400_000, 4, 5)
     scores = Scores(5, 60, 71, 2.0, 2.4, T0 + 2_000_000, 0, 0.8, (Score("wave", 2, 0.7),), 59, 0)
     assert p.line(READY) == "ready: model m 2 (fall, wave); sending 48x32 at 10 fps"
+    crop = dataclasses.replace(READY, clip=dataclasses.replace(SPEC, person_crop=True),
+                               sizes=((480, 640),))  # fmt: skip
+    assert p.line(crop) == "ready: model m 2 (fall, wave); sending 640x480 at 10 fps"
     assert p.line(start) == "start fall at 1.2 s (0.91)"
     assert p.line(end) == "end   fall 1.2-2.4 s (0.88)"
     assert p.line(ServerWarning("frames_dropped", "dropped 3")) == "warning: dropped 3"

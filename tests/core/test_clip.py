@@ -162,6 +162,17 @@ def test_fit_round_trips_validates_and_defaults_to_stretch():
         ClipSpec(fit="zoom")
 
 
+def test_person_crop_round_trips_validates_and_defaults_to_off():
+    spec = ClipSpec(person_crop=True)  # the default clip_step == clip_len: one box per clip
+    assert ClipSpec.from_json(spec.to_json()) == spec
+    old = {k: v for k, v in spec.to_dict().items() if k != "person_crop"}  # an older model.json
+    assert ClipSpec.from_dict(old).person_crop is False
+    with pytest.raises(ClipSpecError, match="person_crop must be true or false, got 1"):
+        ClipSpec(person_crop=1)
+    with pytest.raises(ClipSpecError, match="person_crop needs clip_step == clip_len"):
+        ClipSpec(clip_len=10, clip_step=5, person_crop=True)
+
+
 @pytest.mark.parametrize(
     ("fit", "in_shape", "out_shape", "source", "target"),
     [

@@ -7,19 +7,21 @@ class 1 ("small"), of area 0.5 class 2 ("large"). Actions that start and end on 
 (multiples of 12 frames) are therefore detected exactly, live and uploaded.
 """
 
+import dataclasses
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from clients.api import Detection, parse_event
+from clients.api import Detection, encode_reference, parse_event
 from core.clip import frame_timestamps_us, resample_indices
 from core.labels import read_label_file, write_label_file
 from synth.formats import PKU_DEPTH_PATTERN, write_depth_pngs, write_pku_split
-from tests.helpers.tiny_bundle import TINY_SPEC, make_bundle, scene
+from tests.helpers.tiny_bundle import TINY_SPEC, WALL_MM, make_bundle, scene
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("live_accuracy", ROOT / "bench/live_accuracy.py")
@@ -146,11 +148,15 @@ N_FRAMES = 120
 
 @pytest.fixture(scope="module")
 def pku_root(tmp_path_factory):
-    """A PKU-MMD-layout folder: the two tiny test videos and a training video (not scored)."""
+    """A PKU-MMD-layout folder: the two tiny test videos and a training video (not scored),
+    with each video's empty-room reference (the wall) as gd-synth writes them."""
     root = tmp_path_factory.mktemp("pku")
+    (root / "reference").mkdir()
     for k, (name, actions) in enumerate({**TINY_VIDEOS, "0001-L": ()}.items()):
         frames = scene(N_FRAMES, actions=actions, seed=k)
         write_depth_pngs(root / "depth" / name, frames, PKU_DEPTH_PATTERN)
+        wall = np.full(frames.shape[1:], WALL_MM, np.uint16)
+        (root / "reference" / f"{name}.png").write_bytes(encode_reference(wall))
         rows = [(1 if area < 0.3 else 2, first, end - 1, 1) for first, end, area in actions]
         write_label_file(root / "label" / f"{name}.txt", np.array(rows, float).reshape(-1, 4))
     write_pku_split(root / "split" / "cross-subject.txt", ["0001-L"], list(TINY_VIDEOS))
@@ -167,6 +173,7 @@ def test_tiny_run_writes_a_complete_summary(tmp_path, pku_root, capsys, reduce):
     assert bench.main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"]["name"] == "tiny"
+    assert summary["references"] is None  # the model does not crop
     run = summary["seeds"]["data"]
     assert run["videos"] == sorted(TINY_VIDEOS)  # the test split only
     assert run["stream_errors"] == {}
@@ -196,3 +203,43 @@ def test_tiny_run_writes_a_complete_summary(tmp_path, pku_root, capsys, reduce):
     assert set(summary["machine"]) == {"cpus", "load_before", "load_after"}
     printed = capsys.readouterr().out
     assert "upload mAP" in printed and "live mAP" in printed
+
+
+@pytest.mark.slow
+def test_tiny_crop_run_puts_the_references_or_deletes_them(tmp_path, pku_root):
+    """A person-crop model, measured with the videos' references and then without.
+
+    By hand (the tiny model labels a clip by its near fraction n, tests/helpers/tiny_bundle.py):
+    against the wall's reference each near square is foreground, and its box (padded by 10%,
+    grown to the model's square, cut to the 48x64 frame) is about half square: the 19x25 one
+    (area 0.15) fills 475 of its 30x30 box (n 0.53), the 34x45 one (area 0.5) 1530 of its
+    48x54 box, letterboxed into 32x32 (n 0.53): both "large". Without references each clip is
+    the whole frame, as the plain model sees it: the ground truth exactly. The second run
+    reuses the first one's server data: the references it stored must be deleted.
+    """
+    bundle = make_bundle(tmp_path / "crop", dataclasses.replace(TINY_SPEC, person_crop=True))
+    out = tmp_path / "out"
+    argv = ["--model", str(bundle.root), "--data", str(pku_root), "--out", str(out), "--threads",
+            "1"]  # fmt: skip
+    for references in (True, False):
+        assert bench.main([*argv, *([] if references else ["--no-references"])]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["references"] is references
+        assert summary["seeds"]["data"]["stream_errors"] == {}
+        for name in TINY_VIDEOS:
+            gt = read_label_file(pku_root / "label" / f"{name}.txt")[:, :3]
+            if references:
+                gt[:, 0] = 2  # "large"
+            for kind in ("live", "upload"):
+                pred = read_label_file(out / "seed-data" / kind / f"{name}.txt")[:, :3]
+                assert pred.tolist() == gt.tolist(), (references, kind, name)
+
+
+def test_a_crop_model_needs_the_references_or_no_references(tmp_path, pku_root):
+    bundle = make_bundle(tmp_path / "crop", dataclasses.replace(TINY_SPEC, person_crop=True))
+    data = tmp_path / "pku"
+    shutil.copytree(pku_root, data, ignore=shutil.ignore_patterns("reference"))
+    argv = ["--model", str(bundle.root), "--data", str(data), "--out", str(tmp_path / "out"),
+            "--threads", "1"]  # fmt: skip
+    with pytest.raises(SystemExit, match=r"reference/0002-L.png.*or give --no-references"):
+        bench.main(argv)

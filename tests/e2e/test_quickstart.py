@@ -72,10 +72,14 @@ def run(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_sample_upload_score_and_plot(gd_serve, tmp_path):
     out = run("gd-synth", "sample", "--out", "runs/sample", cwd=tmp_path).stdout
-    assert out == "wrote runs/sample/sample.db3 and its ground truth runs/sample/label/\n"
+    assert out == (
+        "wrote runs/sample/sample.db3, its ground truth runs/sample/label/ and its reference "
+        "runs/sample/reference/sample.png\n"
+    )
     truth = (tmp_path / "runs" / "sample" / "label" / "sample.txt").read_text().splitlines()
     assert len(truth) >= 6  # 6 scripted actions, and any unscripted transition the script labels
-    uploaded = run("gd-upload", "runs/sample/sample.db3", "--url", gd_serve, "--token", DEV_TOKEN,
+    uploaded = run("gd-upload", "runs/sample/sample.db3", "--camera-id", "sample", "--reference",
+                   "runs/sample/reference/sample.png", "--url", gd_serve, "--token", DEV_TOKEN,
                    "--pred", "runs/pred", cwd=tmp_path)  # fmt: skip
     table = uploaded.stdout.splitlines()
     assert re.fullmatch(r"sample\.db3: \d+ frames 160x120, [\d.]+ s, \d+ clips; model default .*",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import subprocess
 import sys
@@ -22,9 +23,15 @@ ARCH = Architecture("depth", clip_len=4, width=4, num_classes=2, hidden_size=8)
 CLASSES = ["background", "drink", "fall"]
 
 
-def make_checkpoint(path: Path, task: str = "detection", provenance: dict | None = None) -> Path:
+def make_checkpoint(
+    path: Path, task: str = "detection", provenance: dict | None = None, causal: bool = False
+) -> Path:
     torch.manual_seed(0)
-    arch = ARCH if task == "detection" else Architecture("depth", 4, 4, 2)
+    arch = (
+        dataclasses.replace(ARCH, causal=causal)
+        if task == "detection"
+        else Architecture("depth", 4, 4, 2)
+    )
     net = build_network(task, arch)
     ckpt = Checkpoint(
         task=task, architecture=arch, clip=SPEC,

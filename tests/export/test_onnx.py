@@ -75,8 +75,15 @@ def test_onnx_shapes_are_dynamic_where_the_server_needs_it(made):
 @pytest.mark.numerics
 @pytest.mark.slow
 @pytest.mark.parametrize(("batch", "time"), [(1, 1), (3, 4), (2, 7)])
-def test_onnx_equals_torch_for_any_batch_and_window_length(made, batch, time):
-    ckpt_path, _, root = made
+@pytest.mark.parametrize("export", ["made", "random_parity"], ids=["bidirectional", "causal"])
+def test_onnx_equals_torch_for_any_batch_and_window_length(export, batch, time, request):
+    # The two exports of this module: `made` (a bidirectional sequence encoder) and
+    # `random_parity` (a causal one, `model.causal=true`): each through the exporter, once.
+    if export == "made":
+        ckpt_path, _, root = request.getfixturevalue("made")
+    else:
+        work = request.getfixturevalue("random_parity")[0]
+        ckpt_path, root = work / "c.pt", work / "b"
     net = load_checkpoint(ckpt_path).network()
     rng = np.random.default_rng(batch * 10 + time)
     clips = rng.standard_normal((batch * time, 4, 32, 32)).astype(np.float32)
@@ -137,14 +144,15 @@ class _Messages(logging.Handler):
 def random_parity(tmp_path_factory):
     """One `gd-export onnx --parity-random --score-delay` run (an export takes seconds) from
     its own working directory, of a checkpoint trained on no cache that still exists, whose
-    provenance names folders of this machine: (working directory, argv, log messages)."""
+    provenance names folders of this machine: (working directory, argv, log messages). Its
+    sequence encoder is causal, so both directions go through the exporter."""
     work = tmp_path_factory.mktemp("random-parity").resolve()
     provenance = {
         "dataset": {"dataset": "pku", "root": str(work / "runs" / "data" / "pku")},
         "command": [str(work / ".venv/bin/gd-train"), "pipeline", "--workdir", str(work / "runs")],
         "cache": "/elsewhere/cache/pku",
     }
-    ckpt = make_checkpoint(work / "c.pt", provenance=provenance)
+    ckpt = make_checkpoint(work / "c.pt", provenance=provenance, causal=True)
     args = ["onnx", "--checkpoint", str(ckpt), "--out", "b", "--parity-random",
             "--score-delay", str(SPEC.window - 1)]  # fmt: skip
     messages = _Messages()

@@ -8,7 +8,10 @@ import pytest
 from core.bundle import absolute_paths, load_bundle
 from export.onnx import STACK_TRACE, strip_stack_traces, verify_bundle
 
-SHIPPED = [Path(__file__).parents[2] / "models" / name for name in ("default", "default-int8")]
+SHIPPED = [
+    Path(__file__).parents[2] / "models" / name
+    for name in ("default", "default-int8", "default-fullframe")
+]
 
 
 @pytest.mark.parametrize("folder", SHIPPED, ids=lambda p: p.name)

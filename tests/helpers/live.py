@@ -165,10 +165,10 @@ def upload(
     **params: Any,
 ):
     """POST /v1/detections with `data` as the multipart field `file`."""
-    import httpx
+    from tests.helpers.loopback import http
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.post(
+    return http.post(
         f"{url}/v1/detections",
         params=params,
         files={"file": (filename, data)},
@@ -217,7 +217,7 @@ async def collect(ws) -> list[dict[str, Any]]:
 
 def reload(live: Any, model: Any = None, headers: dict[str, str] = ADMIN_AUTH) -> Any:
     """POST /v1/admin/reload (to `model`, or the configured bundle when None)."""
-    import httpx
+    from tests.helpers.loopback import http
 
     body = None if model is None else {"model": str(model)}
-    return httpx.post(f"{live.url}/v1/admin/reload", json=body, headers=headers, timeout=60)
+    return http.post(f"{live.url}/v1/admin/reload", json=body, headers=headers, timeout=60)

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from tests.helpers.live import TOKEN
+from tests.helpers.loopback import http
 
 START_S = 240.0  # only against a hang: a loaded machine starts gd-serve slowly
 WAIT_S = 120.0  # only against a hang: what tests wait for comes within seconds when quiet
@@ -71,7 +72,7 @@ class Served:
         deadline = time.monotonic() + START_S
         while True:
             try:
-                httpx.get(f"{self.url}/readyz", timeout=5)
+                http.get(f"{self.url}/readyz", timeout=5)
                 return
             except httpx.TransportError:
                 if self.proc.poll() is not None:
@@ -90,7 +91,7 @@ class Served:
         return "".join(self.lines)
 
     def get(self, path: str, **params) -> httpx.Response:
-        return httpx.get(f"{self.url}{path}", params=params, headers=AUTH, timeout=10)
+        return http.get(f"{self.url}{path}", params=params, headers=AUTH, timeout=10)
 
     def kill9(self) -> None:
         """SIGKILL: no shutdown, no flush, nothing the process could still do."""

@@ -6,13 +6,13 @@ import logging
 import zipfile
 
 import cv2
-import httpx
 import numpy as np
 import pytest
 
 from core.clip import frame_timestamps_us
 from core.realsense import record_depth
 from tests.helpers.live import TOKEN, npy_bytes, upload
+from tests.helpers.loopback import http
 from tests.helpers.tiny_bundle import PROB_TOL, TINY_SPEC, reference_probs, scene
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -128,15 +128,15 @@ def test_zip_bomb_upload_is_413(server):
 
 
 def test_not_multipart_and_missing_field(server):
-    r = httpx.post(f"{server.url}/v1/detections?fps=30", content=npy_bytes(FRAMES), headers=AUTH)
+    r = http.post(f"{server.url}/v1/detections?fps=30", content=npy_bytes(FRAMES), headers=AUTH)
     assert r.status_code == 415 and "multipart" in r.json()["error"]["message"]
-    r = httpx.post(
+    r = http.post(
         f"{server.url}/v1/detections?fps=30",
         files={"video": ("a.npy", npy_bytes(FRAMES))},
         headers=AUTH,
     )
     assert r.status_code == 400 and "'file'" in r.json()["error"]["message"]
-    r = httpx.post(
+    r = http.post(
         f"{server.url}/v1/detections?fps=30",
         content=b'--xyz\r\nContent-Disposition: form-data; name="file"\r\n\r\nabc',
         headers={**AUTH, "Content-Type": "multipart/form-data; boundary=xyz"},
@@ -149,10 +149,10 @@ def test_not_multipart_and_missing_field(server):
 )
 def test_401_without_a_valid_token(server, headers):
     for r in (
-        httpx.post(
+        http.post(
             f"{server.url}/v1/detections?fps=30", files={"file": ("a", b"x")}, headers=headers
         ),
-        httpx.get(f"{server.url}/v1/model", headers=headers),
+        http.get(f"{server.url}/v1/model", headers=headers),
     ):
         assert r.status_code == 401
         assert r.json()["error"]["code"] == "unauthorized"
@@ -162,8 +162,8 @@ def test_401_without_a_valid_token(server, headers):
 def test_tokens_never_reach_the_logs(server, caplog):
     caplog.set_level(logging.DEBUG)
     secret = "s3cr3t-never-logged"
-    httpx.get(f"{server.url}/v1/model", headers={"Authorization": f"Bearer {secret}"})
-    httpx.get(f"{server.url}/v1/model", headers=AUTH)
+    http.get(f"{server.url}/v1/model", headers={"Authorization": f"Bearer {secret}"})
+    http.get(f"{server.url}/v1/model", headers=AUTH)
     upload(server.url, npy_bytes(FRAMES), fps=30)
     import asyncio
 
@@ -179,7 +179,7 @@ def test_tokens_never_reach_the_logs(server, caplog):
 
 
 def test_model_card(server, tiny_bundle):
-    card = httpx.get(f"{server.url}/v1/model", headers=AUTH).json()
+    card = http.get(f"{server.url}/v1/model", headers=AUTH).json()
     assert card["name"] == "tiny" and card["classes"] == ["background", "small", "large"]
     assert card["clip"] == dataclasses.asdict(TINY_SPEC)
     assert card["files"]["visual_encoder"] == {"sha256": tiny_bundle.files["visual_encoder"].sha256}
@@ -188,11 +188,11 @@ def test_model_card(server, tiny_bundle):
 
 
 def test_health_ready_metrics(server):
-    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
-    ready = httpx.get(f"{server.url}/readyz")
+    assert http.get(f"{server.url}/healthz").json() == {"status": "ok"}
+    ready = http.get(f"{server.url}/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     upload(server.url, npy_bytes(FRAMES), fps=30)
-    text = httpx.get(f"{server.url}/metrics").text
+    text = http.get(f"{server.url}/metrics").text
     for name in (
         "gd_streams_active",
         "gd_frames_received_total",
@@ -207,34 +207,34 @@ def test_health_ready_metrics(server):
 def test_readyz_is_503_at_the_stream_limit(make_server, test_settings):
     live = make_server(dataclasses.replace(test_settings, max_streams=1))
     live.service.active_streams = 1  # as if a stream were open
-    r = httpx.get(f"{live.url}/readyz")
+    r = http.get(f"{live.url}/readyz")
     assert r.status_code == 503 and r.json()["status"] == "busy"
     live.service.active_streams = 0
 
 
 def test_cors_is_closed_by_default_and_opens_per_origin(server, make_server, test_settings):
     origin = {"Origin": "https://evil.example", **AUTH}
-    r = httpx.get(f"{server.url}/v1/model", headers=origin)
+    r = http.get(f"{server.url}/v1/model", headers=origin)
     assert "access-control-allow-origin" not in r.headers
     live = make_server(dataclasses.replace(test_settings, cors_origins=("https://ok.example",)))
-    r = httpx.get(f"{live.url}/v1/model", headers={**AUTH, "Origin": "https://ok.example"})
+    r = http.get(f"{live.url}/v1/model", headers={**AUTH, "Origin": "https://ok.example"})
     assert r.headers["access-control-allow-origin"] == "https://ok.example"
-    r = httpx.get(f"{live.url}/v1/model", headers=origin)
+    r = http.get(f"{live.url}/v1/model", headers=origin)
     assert "access-control-allow-origin" not in r.headers
 
 
 def test_no_auth_on_loopback(make_server, test_settings):
     live = make_server(dataclasses.replace(test_settings, tokens=(), no_auth=True))
-    assert httpx.get(f"{live.url}/v1/model").status_code == 200
+    assert http.get(f"{live.url}/v1/model").status_code == 200
 
 
 def test_unknown_route_has_the_error_format(server):
-    r = httpx.get(f"{server.url}/v2/nothing")
+    r = http.get(f"{server.url}/v2/nothing")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
 
 def test_openapi_documents_the_upload(server):
-    spec = httpx.get(f"{server.url}/openapi.json").json()
+    spec = http.get(f"{server.url}/openapi.json").json()
     post = spec["paths"]["/v1/detections"]["post"]
     assert "file" in post["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     assert {"fps", "scores"} <= {p["name"] for p in post["parameters"]}

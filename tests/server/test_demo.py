@@ -21,9 +21,19 @@ def test_demo_scene_streams_through_the_real_path_and_logs_actions(server, caplo
     assert TOKEN not in caplog.text
 
 
-def test_rendered_scene_is_depth():
-    frames = demo.render_scene(seed=3, n_actions=1).depth
+def test_rendered_scene_is_depth_at_the_default_models_camera_size():
+    shot = demo.render_scene(seed=3, n_actions=1)
+    frames = shot.film().depth
     assert frames.dtype == np.uint16 and frames.ndim == 3 and len(frames) > 60
+    assert frames.shape[1:] == demo.SIZE == shot.reference().shape
+
+
+def test_the_scenes_empty_room_is_stored_as_the_demo_cameras_reference(server):
+    from clients.api import Client
+
+    room = demo.render_scene(seed=3, n_actions=1).reference()
+    asyncio.run(demo.store_reference(server.ws_url, TOKEN, room))
+    np.testing.assert_array_equal(Client(server.url, TOKEN).get_reference(demo.CAMERA_ID), room)
 
 
 def test_gd_serve_demo_starts_the_demo_with_a_token(test_settings, make_server, monkeypatch):

@@ -40,6 +40,7 @@ from tests.helpers.live import (
     upload,
     zip_of,
 )
+from tests.helpers.loopback import http
 from tests.helpers.tiny_bundle import TINY_SPEC, scene
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -369,7 +370,7 @@ def test_fps_must_be_finite(hostile_server, fps):
 def test_a_300_character_boundary(hostile_server):
     boundary = "b" * 300
     body = f'--{boundary}\r\nContent-Disposition: form-data; name="file"\r\n\r\nx\r\n--{boundary}--'
-    r = httpx.post(
+    r = http.post(
         f"{hostile_server.url}/v1/detections?fps=30",
         content=body.encode(),
         headers={**AUTH, "Content-Type": f"multipart/form-data; boundary={boundary}"},
@@ -390,7 +391,7 @@ def test_hostile_bytes_answer_json_4xx_over_http(hostile_server, data):
 
 
 def test_openapi_documents_the_429(hostile_server):
-    spec = httpx.get(f"{hostile_server.url}/openapi.json").json()
+    spec = http.get(f"{hostile_server.url}/openapi.json").json()
     assert "429" in spec["paths"]["/v1/detections"]["post"]["responses"]
 
 
@@ -401,9 +402,9 @@ def test_server_faults_answer_json_500(make_server, test_settings, monkeypatch):
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(live.service, "model_card", broken)
-    error = error_of(httpx.get(f"{live.url}/v1/model", headers=AUTH), 500)
+    error = error_of(http.get(f"{live.url}/v1/model", headers=AUTH), 500)
     assert error["code"] == "internal_error" and "a bug" not in error["message"]
-    assert httpx.get(f"{live.url}/healthz").status_code == 200
+    assert http.get(f"{live.url}/healthz").status_code == 200
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ from server import service as service_module
 from server.batcher import MicroBatcher
 from server.settings import Settings, SettingsError
 from tests.helpers.live import ADMIN, ADMIN_AUTH, TOKEN, collect, frame_messages, hello, reload
+from tests.helpers.loopback import http
 from tests.helpers.streams import FRAMES, TS, stream
 from tests.helpers.tiny_bundle import TINY_SPEC, make_bundle, visual_encoder
 
@@ -47,7 +48,7 @@ def admin_server(make_server, test_settings):
 
 
 def served(live):
-    return httpx.get(f"{live.url}/v1/model", headers=AUTH).json()
+    return http.get(f"{live.url}/v1/model", headers=AUTH).json()
 
 
 async def stream_across(live, model):
@@ -103,7 +104,7 @@ def test_a_stream_switches_to_the_reloaded_model_at_a_clip_boundary(admin_server
     # what the server shows: the card, a new stream's ready, the metrics
     assert served(admin_server)["version"] == "0.0.2"
     assert stream(admin_server.ws_url).ready["model"] == {"name": "tiny-new", "version": "0.0.2"}
-    metrics = httpx.get(f"{admin_server.url}/metrics").text
+    metrics = http.get(f"{admin_server.url}/metrics").text
     assert 'gd_model_reloads_total{result="ok"} 1.0' in metrics
     assert 'gd_model_info{name="tiny-new",version="0.0.2"} 1.0' in metrics
     assert 'version="0.0.1"' not in metrics
@@ -154,7 +155,7 @@ def test_a_bundle_that_fails_its_checks_is_refused_and_the_old_model_serves(admi
     assert served(admin_server)["version"] == "0.0.1"
     scores = stream(admin_server.ws_url).of("scores")
     assert len(scores) == 12 and {s["model_version"] for s in scores} == {"0.0.1"}
-    metrics = httpx.get(f"{admin_server.url}/metrics").text
+    metrics = http.get(f"{admin_server.url}/metrics").text
     assert 'gd_model_reloads_total{result="refused"} 4.0' in metrics
     assert 'gd_model_info{name="tiny",version="0.0.1"} 1.0' in metrics
 
@@ -185,7 +186,7 @@ def test_the_event_loop_serves_while_a_bundle_loads(admin_server, tmp_path, monk
     caller.start()
     try:
         assert entered.wait(60)
-        assert httpx.get(f"{admin_server.url}/healthz").status_code == 200
+        assert http.get(f"{admin_server.url}/healthz").status_code == 200
         assert served(admin_server)["version"] == "0.0.1"  # the old serves until the swap
     finally:
         release.set()
@@ -200,7 +201,7 @@ def test_only_admin_tokens_reload(admin_server, make_server, test_settings, tiny
     client = reload(admin_server, root, headers=AUTH)
     assert client.status_code == 403 and client.json()["error"]["code"] == "forbidden"
     # an admin token is no API token
-    assert httpx.get(f"{admin_server.url}/v1/model", headers=ADMIN_AUTH).status_code == 401
+    assert http.get(f"{admin_server.url}/v1/model", headers=ADMIN_AUTH).status_code == 401
     # without admin tokens: off, for every token; SIGHUP still reloads
     off = make_server(test_settings)
     r = reload(off, root, headers=AUTH)
@@ -211,7 +212,7 @@ def test_only_admin_tokens_reload(admin_server, make_server, test_settings, tiny
     assert reload(open_server, root, headers={}).status_code == 200
     # a body the endpoint does not know
     assert reload(admin_server, None).status_code == 200  # no body: the configured model
-    r = httpx.post(f"{admin_server.url}/v1/admin/reload", json={"modle": "x"}, headers=ADMIN_AUTH)
+    r = http.post(f"{admin_server.url}/v1/admin/reload", json={"modle": "x"}, headers=ADMIN_AUTH)
     assert r.status_code == 400 and "modle" in r.json()["error"]["message"]
 
 
@@ -290,14 +291,15 @@ def test_sighup_reloads_the_configured_bundle(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "GD_TOKENS": TOKEN, "GD_THREADS": "1"}
+    # its event store in tmp_path, not the checkout's data/ (which `make run` shows)
+    env = {**os.environ, "GD_TOKENS": TOKEN, "GD_THREADS": "1", "GD_DATA_DIR": str(tmp_path)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "--model", str(root), "--port", str(port)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 
     def version():
-        return httpx.get(f"{url}/v1/model", headers=AUTH).json()["version"]
+        return http.get(f"{url}/v1/model", headers=AUTH).json()["version"]
 
     try:
         wait_for(lambda: version() == "1", proc, "the server serves")
@@ -307,7 +309,7 @@ def test_sighup_reloads_the_configured_bundle(tmp_path):
         (root / "sequence_encoder.onnx").unlink()  # a broken bundle: refused, 2 serves on
         os.kill(proc.pid, signal.SIGHUP)
         refused = 'gd_model_reloads_total{result="refused"} 1.0'
-        wait_for(lambda: refused in httpx.get(f"{url}/metrics").text, proc, "refusal")
+        wait_for(lambda: refused in http.get(f"{url}/metrics").text, proc, "refusal")
         assert version() == "2"
     finally:
         proc.send_signal(signal.SIGTERM)

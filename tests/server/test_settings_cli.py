@@ -48,6 +48,7 @@ def test_the_config_file_reaches_the_server_and_flags_win(tiny_bundle, tmp_path,
     assert "score_delay must be in [0, 3] clips" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a Python process that imports the server (docs/testing.md)
 def test_gd_serve_refuses_a_bad_config_file(tmp_path):
     config = tmp_path / "gd.toml"
     config.write_text("max_streams = 0\n")

@@ -6,7 +6,6 @@ import json
 import logging
 import socket
 
-import httpx
 import pytest
 from websockets.asyncio.client import connect
 
@@ -14,6 +13,7 @@ from core.wire import MAX_CONTROL_BYTES, MAX_JSON_DEPTH, pack_header
 from server.cli import WS_MARGIN
 from server.querytokens import redact, sensitive_keys
 from tests.helpers.live import TOKEN, hello, run_stream
+from tests.helpers.loopback import http
 from tests.helpers.streams import FRAMES
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -143,11 +143,11 @@ def test_head_on_health_and_readiness(server):
     finally:
         server.service.draining = False
     assert answer.startswith(b"HTTP/1.1 503 ") and answer.endswith(b"\r\n\r\n"), answer
-    assert httpx.head(server.url + "/healthz").status_code == 200
+    assert http.head(server.url + "/healthz").status_code == 200
 
 
 def test_head_stays_out_of_the_openapi_schema(server):
-    paths = httpx.get(server.url + "/openapi.json").json()["paths"]
+    paths = http.get(server.url + "/openapi.json").json()["paths"]
     assert set(paths["/healthz"]) == set(paths["/readyz"]) == {"get"}
 
 
@@ -211,14 +211,14 @@ def access_log():
 
 def test_tokens_in_the_url_are_refused_and_never_logged(server, access_log):
     for query in (f"token={SECRET}", f"fps=30&access_token={SECRET}", f"%74oken={SECRET}"):
-        r = httpx.get(f"{server.url}/v1/model?{query}", headers=AUTH)  # even with a good header
+        r = http.get(f"{server.url}/v1/model?{query}", headers=AUTH)  # even with a good header
         assert r.status_code == 400, query
         error = r.json()["error"]
         assert error["code"] == "token_in_url" and "Authorization header" in error["message"]
         assert SECRET not in r.text
-    r = httpx.post(f"{server.url}/v1/detections?fps=30&api_key={SECRET}", headers=AUTH)
+    r = http.post(f"{server.url}/v1/detections?fps=30&api_key={SECRET}", headers=AUTH)
     assert r.status_code == 400 and r.json()["error"]["code"] == "token_in_url"
-    assert httpx.get(f"{server.url}/v1/model?fps=30", headers=AUTH).status_code == 200
+    assert http.get(f"{server.url}/v1/model?fps=30", headers=AUTH).status_code == 200
 
     ws = asyncio.run(run_stream(f"{server.ws_url}?token={SECRET}", FRAMES[:30]))
     assert ws.close_code == 4400 and ws.close_reason == "token_in_url"

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import shutil
 
-import httpx
 import numpy as np
 import onnx
 import pytest
@@ -16,6 +15,7 @@ from onnx import TensorProto, helper
 from core.bundle import FileRef, sha256_file, write_bundle_json
 from core.clip import DepthPreprocessor, frame_timestamps_us, resample_indices, video_clips
 from tests.helpers.live import TOKEN, frame_messages, hello, run_stream
+from tests.helpers.loopback import http
 from tests.helpers.streams import FRAMES, TS, stream
 from tests.helpers.tiny_bundle import (
     CLASSES,
@@ -151,7 +151,7 @@ def test_a_score_delay_the_model_cannot_give_is_refused(server, delay, fragment)
 
 def test_the_server_default_and_the_model_card(make_server, test_settings):
     live = make_server(dataclasses.replace(test_settings, score_delay=2))
-    card = httpx.get(live.url + "/v1/model", headers={"Authorization": f"Bearer {TOKEN}"})
+    card = http.get(live.url + "/v1/model", headers={"Authorization": f"Bearer {TOKEN}"})
     assert card.json()["streaming"] == {
         "score_delay": 2,
         "max_score_delay": T_W - 1,
@@ -175,6 +175,6 @@ def test_without_a_setting_streams_get_the_bundles_own_delay(
     meta["postprocess"]["score_delay"] = 1
     (root / "model.json").write_text(json.dumps(meta))
     live = make_server(dataclasses.replace(test_settings, model=root, score_delay=None))
-    card = httpx.get(live.url + "/v1/model", headers={"Authorization": f"Bearer {TOKEN}"})
+    card = http.get(live.url + "/v1/model", headers={"Authorization": f"Bearer {TOKEN}"})
     assert card.json()["streaming"]["score_delay"] == 1
     assert stream(live.ws_url).ready["score_delay"] == 1

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -25,6 +26,8 @@ def test_sample_writes_camera_shaped_depth_and_its_labels(tmp_path, capsys):
     depth = np.load(tmp_path / "sample.npz")["depth"]
     assert depth.shape[1:] == SAMPLE_SIZE and depth.dtype == np.uint16
     assert (tmp_path / "label" / "sample.txt").read_text().strip()
+    reference = cv2.imread(str(tmp_path / "reference" / "sample.png"), cv2.IMREAD_UNCHANGED)
+    assert reference.dtype == np.uint16 and reference.shape == SAMPLE_SIZE
 
 
 def test_a_size_without_the_cameras_aspect_ratio_is_refused(tmp_path, capsys):

@@ -33,7 +33,10 @@ OVERRIDES = [
     "target.batch_size=2", "target.val_fraction=0.5", "target.uniform_epochs=0",
     "target.lr_visual=0.0001", "target.lr_sequence=0.0001",
     "distill.graph=learned", "distill.alpha=1", "train.progress=false", "train.graphs=false",
+    "train.threads=1",
 ]  # fmt: skip
+# One thread a process, as each rank has on 2 cores: the one-process run on torch's default 2
+# threads spun on a busy machine (15 instead of 3 CPU s for the pre-training).
 # How far summation order alone moves a weight, relative to the tensor's magnitude: the two runs
 # add the same float32 terms in another order (each rank sums its half, then the all-reduce).
 # A sum of N terms in another order differs by about sqrt(N) * eps relative to its magnitude

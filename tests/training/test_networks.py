@@ -157,31 +157,22 @@ def test_bad_sizes_raise(make):
         make()
 
 
-# torch.onnx's default exporter (torch.export-based, needs onnxscript) and the older
-# TorchScript-based one (needs only onnx, deprecated). The one-thread pass (`numerics`)
-# compares the same kernels through the quicker exporter only. The export step's own exporter
-# (dynamo, seconds an export) runs here only where tests/export does not run it: the visual
-# encoder and the non-causal sequence encoder go through it, with dynamic batch and time, and
-# are compared with torch in tests/export/test_onnx.py ("onnx equals torch for any batch and
-# window length"); the causal sequence encoder only here.
-TORCHSCRIPT = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.numerics]
+# torch.onnx's TorchScript-based exporter (needs only onnx, deprecated; quick), also in the
+# one-thread pass (`numerics`). The export step's own exporter (dynamo, seconds an export) is
+# not run here: the visual encoder and both sequence encoders (the causal one in the
+# `random_parity` export) go through it, with dynamic batch and time, and are compared with
+# torch in tests/export/test_onnx.py ("onnx equals torch for any batch and window length").
+TORCHSCRIPT_WARNS = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-def _export_and_run(
-    module: nn.Module, example: torch.Tensor, other_batch: torch.Tensor, dynamo: bool
-) -> list[np.ndarray]:
+def _export_and_run(module: nn.Module, example: torch.Tensor, other_batch: torch.Tensor):
     """Export with a dynamic batch axis, check the model, run it at another batch size."""
     onnx = pytest.importorskip("onnx", reason="onnx is not installed (torch.onnx needs it)")
-    if dynamo:
-        pytest.importorskip("onnxscript", reason="onnxscript is not installed (dynamo exporter)")
     ort = pytest.importorskip("onnxruntime")
     buffer = io.BytesIO()
-    if dynamo:
-        dynamic = {"dynamic_shapes": ({0: torch.export.Dim("batch")},)}
-    else:
-        dynamic = {"dynamic_axes": {"x": {0: "batch"}}}
+    dynamic = {"x": {0: "batch"}}
     torch.onnx.export(
-        module.eval(), (example,), buffer, input_names=["x"], dynamo=dynamo, **dynamic
+        module.eval(), (example,), buffer, input_names=["x"], dynamo=False, dynamic_axes=dynamic
     )
     onnx.checker.check_model(onnx.load_from_string(buffer.getvalue()))
     session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
@@ -189,11 +180,12 @@ def _export_and_run(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dynamo", [pytest.param(False, id="torchscript", marks=TORCHSCRIPT)])
-def test_depth_encoder_exports_to_onnx_with_dynamic_batch(dynamo):
+@pytest.mark.numerics
+@TORCHSCRIPT_WARNS
+def test_depth_encoder_exports_to_onnx_with_dynamic_batch():
     encoder = ResNet18(10, 4)
     x = torch.randn(3, 10, 32, 32)
-    (out,) = _export_and_run(encoder, torch.randn(2, 10, 32, 32), x, dynamo)
+    (out,) = _export_and_run(encoder, torch.randn(2, 10, 32, 32), x)
     want = encoder(x).detach().numpy()
     # ONNX Runtime's kernels sum in another order than torch's: 17 convolutions and a pooling
     # chained, the largest summing 10 x 7 x 7 = 490 terms (conv1).
@@ -202,18 +194,13 @@ def test_depth_encoder_exports_to_onnx_with_dynamic_batch(dynamo):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("causal", "dynamo"),
-    [
-        pytest.param(False, False, id="False-torchscript", marks=TORCHSCRIPT),
-        pytest.param(True, False, id="True-torchscript", marks=TORCHSCRIPT),
-        pytest.param(True, True, id="True-dynamo"),
-    ],
-)
-def test_sequence_encoder_exports_to_onnx_with_dynamic_batch(causal, dynamo):
+@pytest.mark.numerics
+@TORCHSCRIPT_WARNS
+@pytest.mark.parametrize("causal", [False, True])
+def test_sequence_encoder_exports_to_onnx_with_dynamic_batch(causal):
     seq = SequenceEncoder(32, num_actions=3, hidden_size=8, causal=causal)
     x = torch.randn(3, 10, 32)
-    logits, _ = _export_and_run(seq, torch.randn(2, 10, 32), x, dynamo)
+    logits, _ = _export_and_run(seq, torch.randn(2, 10, 32), x)
     want = seq(x)[0].detach().numpy()
     # Another summation order: 10 GRU steps chained, each summing 32 inputs and 8 hidden
     # values per gate, and the linear layer after them.

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -68,6 +70,21 @@ def test_window_starts_train_and_test():
     assert offsets == set(range(21))  # every kept frame offset, not only the clip grid
     with pytest.raises(ValueError, match="shorter than a window"):
         window_clip_starts(99, SPEC, rng)
+
+
+def test_person_crop_windows_start_on_the_clip_grid():
+    """Each grid clip is cached cropped to its own box: a training window must read whole
+    grid clips, as the server's windows do."""
+    spec = dataclasses.replace(SPEC, person_crop=True)
+    rng = np.random.default_rng(0)
+    n_kept = 125  # 12 whole grid clips and 5 frames: windows of 10 clips start at clip 0..2
+    firsts = set()
+    for _ in range(300):
+        starts = window_clip_starts(n_kept, spec, rng)
+        assert np.all(starts % spec.clip_step == 0) and np.all(np.diff(starts) == spec.clip_step)
+        assert starts[-1] + spec.clip_len <= n_kept
+        firsts.add(int(starts[0]))
+    assert firsts == {0, 10, 20}  # every grid start that fits, and only those
 
 
 def test_class_weights():

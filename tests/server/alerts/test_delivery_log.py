@@ -193,3 +193,12 @@ def test_no_log_when_the_store_is_off(make_server, test_settings):
     server = make_server(dataclasses.replace(test_settings, events_db="off"))
     r = get(server, "/v1/deliveries")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_the_alerted_events_are_flagged_and_listed_for_the_alert_queue(ward):
+    server, _, _, events = ward
+    assert [e["alerted"] for e in events] == [True, True]  # the rules alert on every action
+    queue = get(server, "/v1/events", alerted="true", review="new").json()["events"]
+    assert queue == events
+    assert get(server, "/v1/events", alerted="false").json()["events"] == []
+    assert get(server, f"/v1/events/{events[0]['id']}").json()["alerted"] is True

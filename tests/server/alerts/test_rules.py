@@ -379,3 +379,15 @@ def test_a_nested_value_of_the_wrong_shape_is_named_at_its_key(tmp_path):
     assert problem.startswith(
         f"{tmp_path / 'alerts.yaml'}:{line_of(text, '    cameras:')}: rule 'falls': cameras "
     )
+
+
+def test_what_the_store_may_skip_follows_the_rules(rules):
+    # the camera's alerts matter only as far back as the longest cooldown or repeat interval
+    assert rules.lookback == timedelta(seconds=300)
+    # every minimum a running confidence can cross: the rules' and the cameras' own
+    assert rules.thresholds == {0.6, 0.8, 0.3}
+    # once an event alerted these, its updates owe nothing more until it ends
+    assert rules.destinations_for("bed-1", "falling down") == {"nurses", "pager"}
+    assert rules.destinations_for("kitchen", "staggering") == set()
+    assert rules.destinations_for("corridor", "falling down") == {"pager"}
+    assert rules.destinations_for("bed-1", "hand waving") == set()

@@ -3,11 +3,14 @@ model, a SQLite event store): sign-in, a streamed camera's tile, its events in t
 and the history, and review buttons whose effect the API shows."""
 
 import dataclasses
+import re
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
 
+from server.events.webhooks import new_secret
 from tests.helpers.browser import WAIT_MS, sign_in
 from tests.helpers.live import TOKEN, LiveServer, hello
 from tests.helpers.streams import stream
@@ -16,9 +19,18 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def live(test_settings, tmp_path_factory):
+def live(test_settings, tiny_bundle, tmp_path_factory):
     db = tmp_path_factory.mktemp("events") / "events.db"
-    server = LiveServer(dataclasses.replace(test_settings, events_db=str(db)))
+    # the queue lists alerted events: these rules alert on every action (to a receiver that
+    # is not there; its deliveries wait, the queue does not)
+    rules = db.parent / "alerts.yaml"
+    rules.write_text(
+        f"destinations:\n  pager:\n    url: http://127.0.0.1:9/\n    secrets: [{new_secret()}]\n"
+        f"rules:\n  - name: all\n    labels: {list(tiny_bundle.classes[1:])}\n"
+        f"    min_confidence: 0\n    destinations: [pager]\n"
+    )
+    settings = dataclasses.replace(test_settings, events_db=str(db), alert_rules=rules)
+    server = LiveServer(settings)
     yield server
     server.stop()
 
@@ -27,6 +39,13 @@ def api(live, path: str, **params) -> dict:
     r = httpx.get(live.url + path, params=params, headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def every_ms(name: str) -> int:
+    """One of the page's poll periods, as server/dashboard/app.js sets it: a test that installs
+    Playwright's clock in the page runs the page's timers that far instead of waiting for them."""
+    app_js = (Path(__file__).parents[3] / "server" / "dashboard" / "app.js").read_text()
+    return int(re.search(rf"^const {name} = (\d+);", app_js, re.M).group(1))
 
 
 def send(live, camera: str) -> threading.Thread:
@@ -131,6 +150,7 @@ def test_without_the_feed_the_queue_follows_the_store_by_reading_it_again(tab, l
 
     page, camera = tab.page, "ward-4-bed-1"
     page.route("**/v1/events/feed", lambda route: route.abort())
+    page.clock.install()  # the page's timers run when the test says: no 5 s waits for a poll
     sign_in(page, live.url)
     expect(page.locator("#alerts")).to_have_attribute("data-loaded", "true", timeout=WAIT_MS)
     expect(page.locator("#feed-status")).to_have_text("feed: retrying", timeout=WAIT_MS)
@@ -140,6 +160,7 @@ def test_without_the_feed_the_queue_follows_the_store_by_reading_it_again(tab, l
     events = api(live, "/v1/events", camera=camera)["events"]
     assert len(events) == 2
     items = [page.locator(f'#alerts li[data-event="{e["id"]}"]') for e in events]
+    page.clock.run_for(every_ms("ALERTS_EVERY_MS"))  # the queue is read again
     for item in items:
         expect(item).to_have_count(1, timeout=WAIT_MS)
     assert int(page.evaluate("document.body.dataset.alerted")) >= 1
@@ -150,14 +171,17 @@ def test_without_the_feed_the_queue_follows_the_store_by_reading_it_again(tab, l
         headers={"Authorization": f"Bearer {TOKEN}"},
     )
     assert r.status_code == 200, r.text
+    page.clock.run_for(every_ms("ALERTS_EVERY_MS"))
     expect(items[0]).to_have_count(0, timeout=WAIT_MS)
     expect(items[1]).to_have_count(1)
     assert tab.errors == []
 
 
+# make_server before tab: the page closes before its server stops, which then has no feed to
+# wait for (2 s of graceful shutdown)
 @pytest.mark.parametrize("store", [True, False])
 def test_without_auth_the_page_opens_at_once_and_says_when_it_has_no_events(
-    tab, test_settings, make_server, tmp_path, store
+    make_server, tab, test_settings, tmp_path, store
 ):
     from playwright.sync_api import expect
 

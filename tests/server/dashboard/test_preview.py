@@ -53,8 +53,10 @@ def start(test_settings, make_server, tmp_path, preview: bool):
     return make_server(dataclasses.replace(test_settings, preview=preview, events_db=db))
 
 
+# make_server before tab: the page closes before its server stops, which then has no feed to
+# wait for (2 s of graceful shutdown)
 def test_with_preview_an_online_camera_s_tile_shows_its_depth_until_it_leaves(
-    tab, test_settings, make_server, tmp_path
+    make_server, tab, test_settings, tmp_path
 ):
     from playwright.sync_api import expect
 
@@ -80,7 +82,7 @@ def test_with_preview_an_online_camera_s_tile_shows_its_depth_until_it_leaves(
     assert tab.errors == []
 
 
-def test_without_preview_the_tile_shows_none(tab, test_settings, make_server, tmp_path):
+def test_without_preview_the_tile_shows_none(make_server, tab, test_settings, tmp_path):
     from playwright.sync_api import expect
 
     live, page, camera_id = start(test_settings, make_server, tmp_path, False), tab.page, "bed 2"

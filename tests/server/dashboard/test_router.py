@@ -9,6 +9,7 @@ import pytest
 
 from server.routers.dashboard import DASHBOARD, HEADERS, dashboard_files
 from tests.helpers.live import TOKEN, LiveServer
+from tests.helpers.loopback import http
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def server(test_settings):
 
 
 def get(server, path: str, **kw) -> httpx.Response:
-    return httpx.get(server.url + path, timeout=10, **kw)
+    return http.get(server.url + path, timeout=10, **kw)
 
 
 def referenced(text: str) -> set[str]:

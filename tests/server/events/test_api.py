@@ -54,6 +54,7 @@ def test_a_streamed_video_becomes_its_events(live, tiny_bundle):
         assert e["state"] == "ended" and e["end"] >= e["start"]
         assert e["model"] == {"name": tiny_bundle.name, "version": tiny_bundle.version}
         assert e["review"] == "new" and e["keep"] is False
+        assert e["alerted"] is False  # this server has no alert rules
         assert get(server, f"/v1/events/{e['id']}").json() == e
 
 
@@ -78,6 +79,8 @@ def test_filters_reach_the_store(live):
     confident = get(server, "/v1/events", min_confidence=above).json()["events"]
     assert [e["confidence"] for e in confident] == [max(first["confidence"], second["confidence"])]
     assert get(server, "/v1/events", state="open").json()["events"] == []
+    assert get(server, "/v1/events", alerted="true").json()["events"] == []
+    assert len(get(server, "/v1/events", alerted="false").json()["events"]) == 2
     assert get(server, "/v1/events", camera="no-such-camera").json()["events"] == []
     page = get(server, "/v1/events", limit=1).json()
     rest = get(server, "/v1/events", limit=1, cursor=page["next_cursor"]).json()
@@ -93,6 +96,7 @@ def test_filters_reach_the_store(live):
         ({"since": "2026-01-01T00:00:00"}, "bad_request"),  # no time zone
         ({"limit": 0}, "bad_request"),
         ({"min_confidence": 2}, "bad_request"),
+        ({"alerted": "maybe"}, "bad_request"),
     ],
 )
 def test_bad_queries_get_a_json_error(live, params, code):

@@ -8,9 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 from core.events import ActionEnd, ActionStart, Score, Scores
 from core.wire import Hello
+from server.events.rules import AlertRules, RulesFile
 from server.events.service import EventService
 from server.events.store import CameraRecord, Change, EventFilter, EventStore, database_url
 from server.events.types import EventRecord
+from server.events.webhooks import new_secret
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 MODEL = {"name": "tiny", "version": "1"}
@@ -46,15 +48,19 @@ def end(first: int, last: int, confidence: float) -> ActionEnd:
     )  # fmt: skip
 
 
-def run(store_url, body, flush_every_s: float = 3600.0) -> tuple[EventStore, list]:
+def run(
+    store_url, body, flush_every_s: float = 3600.0, policy=None, confidence_every_s: float = 0.0
+) -> tuple[EventStore, list]:
     """`body(events, clock)` against a service on a fresh store; the store (reopened) and
-    what the feed carried."""
+    what the feed carried. Running confidences are written at every flush unless
+    `confidence_every_s` says otherwise."""
     url = database_url(store_url)
 
     async def main() -> list:
-        store = EventStore.open(url)
+        store = EventStore.open(url, policy)
         clock = Clock()
         service = EventService(store, 30, clock, flush_every_s=flush_every_s)
+        service.recorder.confidence_every = timedelta(seconds=confidence_every_s)
         service.start()
         with service.feed.subscribe() as sub:
             await body(service, clock)
@@ -181,3 +187,46 @@ def test_retention_runs_on_a_timer(store_url):
     asyncio.run(main())
     store = EventStore.open(url)
     assert [e.id for e in store.list_events(EventFilter(), 10).events] == ["e1"]
+
+
+def test_a_running_confidence_is_written_every_few_seconds_or_as_it_crosses_a_threshold(
+    store_url,
+):
+    rules = AlertRules(
+        RulesFile.model_validate({
+            "destinations": {"pager": {"url": "http://127.0.0.1:9/", "secrets": [new_secret()]}},
+            "rules": [{"name": "falls", "labels": ["fall"], "min_confidence": 0.6,
+                       "destinations": ["pager"]}],
+        })
+    )  # fmt: skip
+    every = 5.0
+    seen = [0.5, 0.55, 0.95, 0.7]  # the fall's score in four clips
+
+    async def body(service, clock):
+        rec = service.recorder
+        await rec.connected("door", HELLO, MODEL)
+        clock.now = T0 + timedelta(seconds=10)
+        await rec.event("door", scores(1, (("fall", 1, seen[0]),)), MODEL)
+        await rec.event("door", start(1, seen[0]), MODEL)
+        for clip, score in enumerate(seen[1:], start=2):  # a flush after each clip, 1 s apart
+            clock.now += timedelta(seconds=1)
+            await rec.event("door", scores(clip, (("fall", 1, score),)), MODEL)
+            rec.flush()
+        clock.now = T0 + timedelta(seconds=12 + every)  # `every` after the last write
+        rec.flush()
+        rec.flush()  # nothing changed since
+        await rec.disconnected("door", 48, 0)
+
+    store, fed = run(store_url, body, policy=rules, confidence_every_s=every)
+    clock_end = T0 + timedelta(seconds=12 + every)
+    changes = [(i.change, i.event.confidence) for i in fed if isinstance(i, Change)]
+    mean = [sum(seen[: n + 1]) / (n + 1) for n in range(len(seen))]
+    assert mean[1] < 0.6 <= mean[2]  # the third clip's mean crosses the rule's threshold
+    assert changes == [
+        ("started", mean[0]),
+        ("updated", mean[2]),  # at once: it crossed 0.6 (the second clip's waited)
+        ("updated", mean[3]),  # `every` after the last write
+        ("ended", mean[3]),  # gone mid-action: ended with its running confidence
+    ]
+    owed = [(d.kind, d.created_at) for d in reversed(store.deliveries())]
+    assert owed == [("alert.started", T0 + timedelta(seconds=12)), ("alert.ended", clock_end)]

@@ -8,20 +8,26 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 
+from server.events.rules import AlertRules, RulesFile
 from server.events.schema import metadata
 from server.events.store import (
     CLAIM,
+    MIGRATIONS,
     CameraRecord,
     CursorError,
     EventFilter,
     EventStore,
     StoreError,
+    _event_row,
     database_url,
 )
 from server.events.types import Alert, AlertHistory, EventRecord
+from server.events.webhooks import new_secret
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -55,7 +61,7 @@ def test_migrations_create_the_schema_from_empty(store_url):
         diff = compare_metadata(MigrationContext.configure(connection), metadata)
         version = connection.execute(sa.text("SELECT version_num FROM alembic_version")).all()
     assert diff == []  # the migrations make exactly server/events/schema.py's tables
-    assert version == [("0001",)]
+    assert version == [("0003",)]  # the newest migration
     store.add_event(record(1), T0)
     store.close()
     again = EventStore.open(url)  # a second start migrates nothing and keeps the data
@@ -313,3 +319,104 @@ def test_retention_takes_an_events_deliveries_with_it(store):
     assert len(store.deliveries()) == 1
     store.delete_expired(T0 - timedelta(days=30))
     assert store.deliveries() == []
+
+
+def test_an_event_is_flagged_alerted_with_its_first_alert_and_the_filter_lists_those(store):
+    store.policy = FallAlerts()
+    started = store.add_event(record(0, id="fall", end=None), T0)
+    quiet = store.add_event(record(1, id="sit", end=None), T0)
+    assert (started.alerted, quiet.alerted) == (True, False)
+    # later changes say so too, from the stored flag
+    assert store.update_confidences({"fall": 0.9, "sit": 0.9}, T0)[0].alerted is True
+    assert store.review("fall", T0, "nurse", "acknowledged").alerted is True
+    alerted = store.list_events(EventFilter(alerted=True), 10)
+    assert [e.id for e in alerted.events] == ["fall"] and alerted.alerted == {"fall"}
+    assert [e.id for e in store.list_events(EventFilter(alerted=False), 10).events] == ["sit"]
+    assert store.get_alerted("fall") == (store.get("fall"), True)
+    assert store.get_alerted("sit")[1] is False and store.get_alerted("nothing") is None
+
+
+def test_migration_0002_flags_the_events_that_have_deliveries(store_url):
+    url = database_url(store_url)
+    engine = sa.create_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:  # a store of the first schema, with one alert owed
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        for n in range(2):
+            connection.execute(sa.insert(metadata.tables["events"]).values(_event_row(record(n))))
+        connection.execute(
+            sa.insert(metadata.tables["deliveries"]).values(
+                event_id=record(1).id,
+                destination="pager",
+                kind="alert.started",
+                payload={},
+                state="delivered",
+                attempts=1,
+                next_attempt_at=T0,
+                created_at=T0,
+            )
+        )
+    engine.dispose()
+    store = EventStore.open(url)
+    assert [e.id for e in store.list_events(EventFilter(alerted=True), 10).events] == [record(1).id]
+    assert store.get_alerted(record(0).id) == (record(0), False)
+    store.close()
+
+
+def two_pagers(phone_cooldown_s: float = 0.0) -> AlertRules:
+    """Falls alert the pager, and the phone with its own cooldown."""
+    rule = {"labels": ["falling down"], "min_confidence": 0.5}
+    return AlertRules(
+        RulesFile.model_validate({
+            "destinations": {
+                name: {"url": "http://127.0.0.1:9/", "secrets": [new_secret()]}
+                for name in ("pager", "phone")
+            },
+            "rules": [
+                {**rule, "name": "pager", "destinations": ["pager"]},
+                {**rule, "name": "phone", "destinations": ["phone"],
+                 "cooldown_s": phone_cooldown_s},
+            ],
+        })
+    )  # fmt: skip
+
+
+def sent(store) -> list[tuple[str, str, str]]:
+    return [(d.event_id, d.destination, d.kind) for d in reversed(store.deliveries())]
+
+
+def test_an_alerted_events_updates_owe_nothing_even_after_a_restart(store_url):
+    url = database_url(store_url)
+    store = EventStore.open(url, two_pagers())
+    fall = record(0, id="fall", confidence=0.3, end=None)
+    store.add_event(fall, T0)  # below the threshold: nothing yet
+    store.update_confidences({"fall": 0.6}, T0 + timedelta(seconds=1))
+    store.update_confidences({"fall": 0.7}, T0 + timedelta(seconds=2))
+    store.close()
+    store = EventStore.open(url, two_pagers())  # a new server forgets what it knew
+    store.update_confidences({"fall": 0.8}, T0 + timedelta(seconds=3))
+    store.update_event("fall", T0 + timedelta(seconds=4), end=T0 + timedelta(seconds=4))
+    assert sent(store) == [
+        ("fall", "pager", "alert.started"),
+        ("fall", "phone", "alert.started"),
+        ("fall", "pager", "alert.ended"),
+        ("fall", "phone", "alert.ended"),
+    ]
+    store.close()
+
+
+def test_a_destination_cooling_down_gets_an_open_events_alert_once_it_has_cooled(store):
+    store.policy = two_pagers(phone_cooldown_s=60)
+    store.add_event(record(0, id="earlier", confidence=0.9, end=T0), T0)  # alerts both
+    later = T0 + timedelta(seconds=30)
+    store.add_event(record(0, id="fall", start=later, end=None, confidence=0.9), later)
+    store.update_confidences({"fall": 0.9}, T0 + timedelta(seconds=59))  # still cooling
+    assert [s for s in sent(store) if s[0] == "fall"] == [("fall", "pager", "alert.started")]
+    store.update_confidences({"fall": 0.9}, T0 + timedelta(seconds=60))  # cooled down
+    store.update_confidences({"fall": 0.9}, T0 + timedelta(seconds=61))
+    assert [s for s in sent(store) if s[0] == "fall"] == [
+        ("fall", "pager", "alert.started"),
+        ("fall", "phone", "alert.started"),
+    ]

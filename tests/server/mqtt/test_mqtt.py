@@ -139,6 +139,7 @@ def test_events_state_action_and_discovery(broker):
     later.close()
 
 
+@pytest.mark.slow  # a Python process that imports the publisher, killed (docs/testing.md)
 def test_last_will_when_the_publisher_dies(broker):
     live = Subscriber(broker.port, ["site/gd/status"])
     script = (
