@@ -41,12 +41,13 @@ PYTEST := PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -n auto
 test: setup
 	$(PYTEST)
 
-# The edit-run loop: everything but the tests marked slow (over about a second: training,
-# exports through torch, subprocess pipelines and servers, the fuzz tier); `make test` runs them
-# all. TESTS=tests/core narrows it to the part being edited.
+# The edit-run loop (target: under 30 s on 2 cores): the tests that need only the test process
+# (`--fast`, tests/conftest.py: not the ones marked slow or integration, which start servers,
+# services, browsers or subprocesses, nor the test modules that import torch); `make test` runs
+# them all. TESTS=tests/core narrows it to the part being edited.
 TESTS ?=
 test-fast: setup
-	$(PYTEST) -q -m "not slow" $(TESTS)
+	$(PYTEST) -q --fast $(TESTS)
 
 # The floating-point comparisons again on one thread: their tolerances hold for any summation
 # order, so the result must not depend on how many threads split a sum. `make test` runs them

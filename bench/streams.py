@@ -546,8 +546,8 @@ def store_costs(
     """CPU milliseconds of the store calls the event path makes (SQLite, in this process),
     with the alert rules and without: what a stream costs the store's thread (an open event's
     running confidence, written in a flush's one transaction at most every few seconds,
-    after its alert; its camera's state, each second) and what the deliverer's poll costs
-    (once a second, whatever the streams)."""
+    after its alert; its camera's state, each second; an event started and ended, with its
+    alerts) and what the deliverer's poll costs (once a second, whatever the streams)."""
     import uuid
     from datetime import UTC, datetime, timedelta
 
@@ -578,9 +578,17 @@ def store_costs(
         update = flush / cameras
         save = ms(lambda k: store.save_cameras(states), calls) / cameras
         due = ms(lambda k: store.due(["bench"], long_ago, 100), 5 * calls)
+        fresh = [replace(record, id=str(uuid.uuid4()), start=later) for _ in range(calls)]
+
+        def start_end(k: int) -> None:
+            store.add_event(fresh[k], later)
+            store.update_event(fresh[k].id, later, end=later, confidence=0.5)
+
+        event = ms(start_end, calls)
         store.close()
         return (f"running confidence (in a flush of {cameras}) {update:.3f}, a camera's state "
-                f"{save:.3f}, the deliverer's poll (nothing due) {due:.2f}")  # fmt: skip
+                f"{save:.3f}, the deliverer's poll (nothing due) {due:.2f}, an event started "
+                f"and ended {event:.2f}")  # fmt: skip
 
     rules_on = AlertRules.load(rules, bundle.classes[1:])
     print(f"store CPU ms, with the alert rules: {measure(rules_on)}", flush=True)

@@ -27,7 +27,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from server import errors, querytokens
 from server.dependencies import require_admin, require_token
 from server.events.mqtt import publisher_from_settings
-from server.events.service import EventService, References
+from server.events.references import References
+from server.events.service import EventService
 from server.routers import (
     admin,
     dashboard,

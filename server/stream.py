@@ -90,7 +90,7 @@ from core.wire import (
 )
 from server import querytokens
 from server.engine import Engine
-from server.events.service import References, reference_problem
+from server.events.references import References, reference_problem
 from server.service import Service
 from server.service import check_score_delay as check_score_delay  # importable here too
 

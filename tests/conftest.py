@@ -3,6 +3,8 @@
 never load the server."""
 
 import os
+import sys
+from importlib.abc import MetaPathFinder
 
 import pytest
 
@@ -38,6 +40,46 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
     return ModuleGroups(config, log)
 
 
+# Fixtures that start a real server, service or browser, or build a model in another process:
+# a test using any of them is marked `integration` (`make test-fast` leaves it out).
+INTEGRATION_FIXTURES = {
+    "test_settings",  # the live server's settings: every LiveServer in tests/ is built on them
+    "server",  # uvicorn on loopback (tests/helpers/live.py)
+    "make_server",
+    "postgres",  # a PostgreSQL server (tests/server/events/conftest.py)
+    "broker",  # mosquitto (tests/server/conftest.py)
+    "browser",  # headless Chromium (tests/helpers/browser.py)
+    "tab",
+    "fuzz_server",  # gd-serve in a subprocess (tests/fuzz/conftest.py)
+    "made",  # one `gd-export onnx` run (tests/export/conftest.py)
+    "site",  # the retraining fixtures: a tiny site, its cache, a bundle, its fine-tuning
+    "cache",
+    "bundle",
+    "finetuned",
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fast",
+        action="store_true",
+        help="the edit-run loop (`make test-fast`): leave out the tests marked slow or "
+        "integration, and the test modules that import torch (docs/testing.md)",
+    )
+
+
+TORCH_SKIP = "imports torch, which `--fast` leaves out"
+
+
+class _NoTorch(MetaPathFinder):
+    """Under --fast, importing torch skips the test module that asked for it: importing torch
+    costs each xdist worker about 3 CPU seconds, and every worker imports every test module."""
+
+    def find_spec(self, name: str, path: object, target: object = None) -> None:
+        if name == "torch":
+            raise pytest.skip.Exception(TORCH_SKIP, allow_module_level=True)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """One OpenMP/torch thread per worker when the workers already fill the cores: two workers
     each spinning two threads on two cores burn CPU waiting for each other (docs/testing.md,
@@ -46,17 +88,55 @@ def pytest_configure(config: pytest.Config) -> None:
     if workers >= (os.cpu_count() or 1) and "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = "1"
         os.environ["GD_TESTS_ONE_THREAD"] = "1"
+    if config.getoption("fast"):
+        given = config.option.markexpr
+        fast = "not slow and not integration"
+        config.option.markexpr = f"{fast} and ({given})" if given else fast
+        sys.meta_path.insert(0, _NoTorch())
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        # the PostgreSQL case of tests/server/events' `store_url` asks for `postgres` by name
+        on_postgres = callspec is not None and callspec.params.get("store_url") == "postgresql"
+        if uses & INTEGRATION_FIXTURES or on_postgres:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    """A module skipped for importing torch under --fast is left out without a line of its own
+    in the summary (the summary says once that they are left out)."""
+    report = yield
+    reason = report.longrepr[2] if report.skipped and isinstance(report.longrepr, tuple) else ""
+    if reason.endswith(TORCH_SKIP):
+        report.outcome = "passed"
+        report.longrepr = None
+    return report
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    if config.getoption("fast"):
+        terminalreporter.write_line(
+            "--fast: left out the tests marked slow or integration and the test modules that "
+            "import torch; `make test` runs them all"
+        )
 
 
 @pytest.fixture(autouse=True)
 def _numerics_on_every_core(request: pytest.FixtureRequest):
     """Tests marked `numerics` get every core back under that rule, so `make test` still
     compares floating-point results summed by several threads (`make test-threads`: by one)."""
-    if not os.environ.get("GD_TESTS_ONE_THREAD") or not request.node.get_closest_marker("numerics"):
+    # not imported here: under --fast it is not there, and the suite's modules that use torch
+    # import it when they are collected, before any test runs
+    torch = sys.modules.get("torch")
+    numerics = request.node.get_closest_marker("numerics")
+    if torch is None or not os.environ.get("GD_TESTS_ONE_THREAD") or not numerics:
         yield
         return
-    import torch
-
     before = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)
     yield

@@ -275,6 +275,7 @@ def test_the_postgres_profile_runs_two_servers_on_one_database():
     assert demo["depends_on"] == {"server-pg-1": {"condition": "service_healthy"}}
 
 
+@pytest.mark.integration  # runs docker-compose
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
 @pytest.mark.parametrize("profiles", [[], ["postgres"], ["gpu", "realsense", "train", "postgres"]])
 def test_docker_compose_config(profiles):

@@ -9,6 +9,8 @@ or moved one without the other.
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("core", "server", "clients", "synth", "training", "export", "bench")
 
@@ -84,6 +86,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+@pytest.mark.slow  # parses every module of the packages: 1.4 CPU s
 def test_no_import_cycle_among_our_modules():
     graph = import_graph(ROOT, PACKAGES)
     # The graph sees the imports it must (a graph without edges has no cycle either).

@@ -89,6 +89,7 @@ def imports_of_tests(path: Path) -> list[str]:
     return found
 
 
+@pytest.mark.slow  # parses every test module: 0.8 CPU s
 def test_test_modules_share_helpers_not_each_other():
     bad = [
         f"{path.relative_to(ROOT)} imports {imports_of_tests(path)}"

@@ -22,6 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -159,6 +160,12 @@ def finished(workdir: Path) -> bool:
     return (workdir / "metrics.json").exists() or (workdir / "pretrain" / "done.json").exists()
 
 
+def run_command(cmd: list[str], log: IO[str]) -> int:
+    """One gd-train command in a process of its own, its output appended to `log`; its exit
+    status. (A hook: tests run the same argv through `training.cli.main` in their process.)"""
+    return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+
+
 def execute(workdir: Path, commands: list[list[str]]) -> float:
     """Run one job's commands in turn (logged to workdir/log.txt); seconds taken."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -167,7 +174,7 @@ def execute(workdir: Path, commands: list[list[str]]) -> float:
     t0 = time.perf_counter()
     with open(workdir / "log.txt", "a") as log:
         for cmd in commands:
-            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+            if run_command(cmd, log) != 0:
                 raise RuntimeError(f"{' '.join(cmd[1:])} failed; see {workdir / 'log.txt'}")
     return time.perf_counter() - t0
 

@@ -1,14 +1,16 @@
-"""The webhook deliverer: takes due outbox rows, POSTs them signed, records how it went.
+"""The alert deliverer: takes due outbox rows, sends them (a signed webhook POST, or an MQTT
+publish), records how it went.
 
 At least once: a row leaves the outbox's pending state only when the receiver answered 2xx
 (delivered), 410 Gone (dead: the receiver says never again), or the last attempt failed
-(dead). Everything else (other statuses, timeouts, refused connections) is tried again after
+(dead); an MQTT broker, when it acknowledged the message (server/events/mqtt_sender.py).
+Everything else (other statuses, timeouts, refused connections) is tried again after
 an exponential backoff with jitter, or after the receiver's `Retry-After`. Every attempt of
-one row carries the same `webhook-id`, so a receiver drops the duplicates that at-least-once
-delivery makes. Order per camera and destination: the outbox hands out a camera's alert only
-once its earlier ones to that destination are done (`EventStore.due`), and each destination's
-rows are sent in the outbox's order, stopping at the first failure. Clock, sleep and randomness
-are injected: tests run without waiting.
+one row carries the same `webhook-id` (on MQTT, the body's `id`), so a receiver drops the
+duplicates that at-least-once delivery makes. Order per camera and destination: the outbox
+hands out a camera's alert only once its earlier ones to that destination are done
+(`EventStore.due`), and each destination's rows are sent in the outbox's order, stopping at
+the first failure. Clock, sleep and randomness are injected: tests run without waiting.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 
 from server.events import webhooks
-from server.events.rules import WebhookDestination
+from server.events.mqtt import topic_id
+from server.events.mqtt_sender import MqttSender, MqttSendError
+from server.events.rules import Destination, MqttDestination, WebhookDestination
 from server.events.types import Delivery, Outbox
 
 log = logging.getLogger("gd.server")
@@ -42,12 +47,19 @@ def message_id(delivery: Delivery) -> str:
     return f"msg_{delivery.event_id}_{delivery.id}"
 
 
-def body(delivery: Delivery) -> bytes:
-    """The exact bytes signed and sent: compact JSON, the same on every attempt."""
-    return json.dumps(delivery.payload, separators=(",", ":"), ensure_ascii=False).encode()
+def body(delivery: Delivery, **fields: Any) -> bytes:
+    """The exact bytes signed and sent: compact JSON, the same on every attempt; `fields`
+    go before the payload's own (an MQTT message's `id`, where no header can carry it)."""
+    content = {**fields, **delivery.payload}
+    return json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def backoff_s(attempt: int, destination: WebhookDestination, rng: random.Random) -> float:
+def mqtt_topic(delivery: Delivery, destination: MqttDestination) -> str:
+    """`<topic>/<camera>`: the camera as its MQTT events have it (`topic_id`)."""
+    return f"{destination.topic}/{topic_id(delivery.payload['data']['camera_id'])}"
+
+
+def backoff_s(attempt: int, destination: Destination, rng: random.Random) -> float:
     """The wait after failed attempt number `attempt` (1-based): `backoff_s` doubling each
     time, capped at `backoff_max_s`, then drawn from its upper half ("equal jitter": never
     zero, and receivers coming back are not hit by every sender at once)."""
@@ -74,13 +86,13 @@ def retry_after_s(value: str | None, now: datetime) -> float | None:
     return min(max(seconds, 0.0), RETRY_AFTER_MAX_S)
 
 
-class WebhookDeliverer:
-    """Delivers the outbox rows of the webhook destinations; `run()` until `stop()`."""
+class Deliverer:
+    """Delivers the outbox rows of the destinations; `run()` until `stop()`, then `aclose()`."""
 
     def __init__(
         self,
         outbox: Outbox,
-        destinations: Mapping[str, WebhookDestination],
+        destinations: Mapping[str, Destination],
         client: httpx.AsyncClient | None = None,
         clock: Callable[[], datetime] = _utc_now,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -95,6 +107,12 @@ class WebhookDeliverer:
         self.clock, self.sleep, self.poll_s, self.batch = clock, sleep, poll_s, batch
         self.rng = rng or random.Random()
         self._stopped = asyncio.Event()
+        # one connection per MQTT destination, made by its first send (in a worker thread)
+        self.senders = {
+            name: MqttSender(name, d)
+            for name, d in self.destinations.items()
+            if isinstance(d, MqttDestination)
+        }
 
     def stop(self) -> None:
         """End `run()` after its current pass (or cancel its task: nothing is lost either way,
@@ -104,6 +122,7 @@ class WebhookDeliverer:
     async def aclose(self) -> None:
         if self._own_client:
             await self.client.aclose()
+        await asyncio.gather(*(asyncio.to_thread(s.close) for s in self.senders.values()))
 
     async def run(self) -> None:
         """Deliver what is due, then sleep `poll_s`, until `stop()`; straight on only after a
@@ -113,7 +132,7 @@ class WebhookDeliverer:
             try:
                 delivered = await self.deliver_due()
             except Exception:
-                log.exception("webhook delivery: the outbox failed; trying again")
+                log.exception("alert delivery: the outbox failed; trying again")
                 delivered = 0
             if delivered < self.batch and not self._stopped.is_set():
                 await self.sleep(self.poll_s)
@@ -152,15 +171,36 @@ class WebhookDeliverer:
     async def attempt(self, row: Delivery) -> bool:
         """Send one row once and record the outcome; True when it was delivered."""
         destination = self.destinations[row.destination]
-        now = self.clock()
+        if isinstance(destination, MqttDestination):
+            status, retry_after, error = None, None, await self._publish(row, destination)
+        else:
+            status, retry_after, error = await self._post(row, destination)
+        done = self.clock()
+        if error is None:
+            await asyncio.to_thread(self.outbox.delivered, row.id, done, status)
+            return True
+        attempt = row.attempts + 1
+        if status == 410 or attempt >= destination.max_attempts:
+            why = "the receiver answered 410 Gone" if status == 410 else f"attempt {attempt}"
+            log.warning("alert %s to %s dead (%s): %s", row.id, row.destination, why, error)
+            await asyncio.to_thread(self.outbox.dead, row.id, done, error, status)
+            return False
+        wait = retry_after if retry_after is not None else backoff_s(attempt, destination, self.rng)
+        at = done + timedelta(seconds=wait)
+        await asyncio.to_thread(self.outbox.retry, row.id, at, error, status)
+        return False
+
+    async def _post(
+        self, row: Delivery, destination: WebhookDestination
+    ) -> tuple[int | None, float | None, str | None]:
+        """One signed POST: the receiver's status (None: no answer), its Retry-After, and
+        what failed, in words (None: a 2xx, delivered)."""
         content = body(row)
         headers = {
             "content-type": "application/json",
             "user-agent": "gd-detect-webhooks",
-            **webhooks.headers(message_id(row), now, content, destination.secrets),
+            **webhooks.headers(message_id(row), self.clock(), content, destination.secrets),
         }
-        status: int | None = None
-        retry_after: float | None = None
         try:
             async with self.client.stream(
                 "POST",
@@ -172,22 +212,18 @@ class WebhookDeliverer:
                 status = response.status_code
                 retry_after = retry_after_s(response.headers.get("retry-after"), self.clock())
         except httpx.TimeoutException:
-            error = f"no answer within {destination.timeout_s:g} s"
+            return None, None, f"no answer within {destination.timeout_s:g} s"
         except httpx.HTTPError as e:
-            error = f"{type(e).__name__}: {e}"
-        else:
-            error = f"HTTP {status}"
-        done = self.clock()
-        if status is not None and 200 <= status < 300:
-            await asyncio.to_thread(self.outbox.delivered, row.id, done, status)
-            return True
-        attempt = row.attempts + 1
-        if status == 410 or attempt >= destination.max_attempts:
-            why = "the receiver answered 410 Gone" if status == 410 else f"attempt {attempt}"
-            log.warning("webhook %s to %s dead (%s): %s", row.id, row.destination, why, error)
-            await asyncio.to_thread(self.outbox.dead, row.id, done, error, status)
-            return False
-        wait = retry_after if retry_after is not None else backoff_s(attempt, destination, self.rng)
-        at = done + timedelta(seconds=wait)
-        await asyncio.to_thread(self.outbox.retry, row.id, at, error, status)
-        return False
+            return None, None, f"{type(e).__name__}: {e}"
+        return status, retry_after, None if 200 <= status < 300 else f"HTTP {status}"
+
+    async def _publish(self, row: Delivery, destination: MqttDestination) -> str | None:
+        """One MQTT publish, in a worker thread (it waits for the broker's acknowledgement);
+        None when the broker took it, else why not."""
+        content = body(row, id=message_id(row))
+        sender = self.senders[row.destination]
+        try:
+            await asyncio.to_thread(sender.send, mqtt_topic(row, destination), content)
+        except MqttSendError as e:
+            return str(e)
+        return None

@@ -79,10 +79,8 @@ class MqttConfig:
             raise MqttConfigError(f"MQTT port must be 1-65535, got {self.port}")
         for name in ("prefix", "discovery_prefix"):
             value = getattr(self, name)
-            if not value or value.startswith("/") or value.endswith("/") or "//" in value:
-                raise MqttConfigError(f"MQTT {name} must be non-empty topic levels, got {value!r}")
-            if any(c in value for c in "+#\0"):
-                raise MqttConfigError(f"MQTT {name} must not contain + # or NUL, got {value!r}")
+            if (problem := topic_problem(value)) is not None:
+                raise MqttConfigError(f"MQTT {name} {problem}, got {value!r}")
         if self.password is not None and self.password_file is not None:
             raise MqttConfigError("give the MQTT password or its file, not both")
         if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
@@ -101,6 +99,15 @@ class MqttConfig:
                 f"cannot read MQTT password file {self.password_file}: {e}"
             ) from None
         return lines[0] if lines else ""
+
+
+def topic_problem(value: str) -> str | None:
+    """What makes `value` no topic to publish under (as the words after its name), or None."""
+    if not value or value.startswith("/") or value.endswith("/") or "//" in value:
+        return "must be non-empty topic levels"
+    if any(c in value for c in "+#\0"):
+        return "must not contain + # or NUL"
+    return None
 
 
 def topic_id(camera_id: str) -> str:

@@ -8,8 +8,13 @@ to its own subscribers (its dashboard, its SSE clients). Notices carry ids, not 
 caps a payload at 8000 bytes (an event's note alone may reach that), and the row read is the
 row as committed.
 
+Camera references (server/events/references.py) travel the same way: a server that put or
+deleted one NOTIFYs the camera's id, and the others re-read that row into their memory.
+
 Best effort, like the feed itself: notices sent while a listener is away (the database
 restarting) are not replayed; `GET /v1/events` and `GET /v1/cameras` always read the store.
+What the servers keep in memory, the references, is compared with the store every
+`SYNC_EVERY_S` instead: a missed notice delays a change by that much at most.
 SQLite: one server per file, no relay.
 """
 
@@ -20,8 +25,9 @@ import json
 import logging
 import threading
 import uuid
+from dataclasses import dataclass
 from itertools import count
-from typing import Any, get_args
+from typing import Any, Protocol, get_args
 
 import psycopg
 from sqlalchemy import text
@@ -36,11 +42,29 @@ CHANNEL = "gd_feed"
 MAX_PENDING = 10_000  # notices waiting to be sent (the database away): beyond, dropped
 BATCH = 500  # notices sent in one transaction
 FLUSH_S = 5.0  # at stop, how long the last notices may take to go out
+SYNC_EVERY_S = 30.0  # how often the references in memory are compared with the store
 # The listener's connection: an unreachable host fails in seconds, and a dead TCP peer (a
 # database host gone without a word) ends its wait within a minute instead of the system's two
 # hours (a Unix socket ignores the keepalives).
 LISTENER = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
             "keepalives_interval": 10, "keepalives_count": 3}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ReferenceChanged:
+    """This server put or deleted the camera's reference (a notice, not a feed item)."""
+
+    camera_id: str
+
+
+class Mirror(Protocol):
+    """What a server keeps in memory of rows the other servers change (`References`)."""
+
+    async def refresh(self, camera_id: str) -> None:
+        """Re-read this camera's row: another server changed it."""
+
+    async def sync(self) -> None:
+        """Compare everything with the store and re-read what differs: notices were missed."""
 
 
 class FeedRelay:
@@ -54,13 +78,16 @@ class FeedRelay:
         connect_args: dict[str, Any],
         reconnect_s: float = 1.0,
         max_reconnect_s: float = 30.0,
+        sync_every_s: float = SYNC_EVERY_S,
     ) -> None:
         self.store, self.feed, self.connect_args = store, feed, connect_args
         self.reconnect_s, self.max_reconnect_s = reconnect_s, max_reconnect_s
+        self.sync_every_s = sync_every_s
+        self.references: Mirror | None = None  # set by the server's `References`
         self.origin = uuid.uuid4().hex  # tells this server's notices from the others'
         self.numbers = count()  # PostgreSQL folds identical notices of one transaction
         self.listening = threading.Event()  # set while LISTEN is on (tests, a readiness check)
-        self.outgoing: asyncio.Queue[Item] | None = None
+        self.outgoing: asyncio.Queue[Item | ReferenceChanged] | None = None
         self.tasks: list[asyncio.Task] = []
         self.dropped = 0  # notices never sent (the queue full)
 
@@ -72,12 +99,16 @@ class FeedRelay:
             return None
         _, kwargs = engine.dialect.create_connect_args(engine.url)  # what the pool connects with
         kwargs.pop("context", None)  # the pool's (sync) adapters
-        return cls(store, feed, {**LISTENER, **kwargs})
+        return cls(store, feed, {**LISTENER, **kwargs}, sync_every_s=SYNC_EVERY_S)
 
     def start(self) -> None:
         self.outgoing = asyncio.Queue(MAX_PENDING)
         self.feed.relays.append(self.send)
-        self.tasks = [asyncio.create_task(self._send()), asyncio.create_task(self._listen())]
+        self.tasks = [
+            asyncio.create_task(self._send()),
+            asyncio.create_task(self._listen()),
+            asyncio.create_task(self._sync()),
+        ]
 
     async def stop(self) -> None:
         """Send what is queued (the last changes before a shutdown), then stop."""
@@ -96,7 +127,7 @@ class FeedRelay:
 
     # --- this server's changes, out --------------------------------------------------------
 
-    def send(self, item: Item) -> None:
+    def send(self, item: Item | ReferenceChanged) -> None:
         """The feed's relay hook: queue a notice of a change this server committed."""
         assert self.outgoing is not None
         try:
@@ -104,12 +135,20 @@ class FeedRelay:
         except asyncio.QueueFull:
             self.dropped += 1
 
-    def notice(self, item: Item) -> str:
-        what = (
-            {"event": item.event.id, "change": item.change}
-            if isinstance(item, Change)
-            else {"camera": item.id}
-        )
+    def reference_changed(self, camera_id: str) -> None:
+        """This server put or deleted the camera's reference: tell the others (once started;
+        before, there are no streams to miss it)."""
+        if self.outgoing is not None:
+            self.send(ReferenceChanged(camera_id))
+
+    def notice(self, item: Item | ReferenceChanged) -> str:
+        what: dict[str, Any]
+        if isinstance(item, Change):
+            what = {"event": item.event.id, "change": item.change}
+        elif isinstance(item, ReferenceChanged):
+            what = {"reference": item.camera_id}
+        else:
+            what = {"camera": item.id}
         return json.dumps({"from": self.origin, "n": next(self.numbers), **what})
 
     async def _send(self) -> None:
@@ -180,6 +219,10 @@ class FeedRelay:
             notice = json.loads(payload)
             if notice["from"] == self.origin:
                 return
+            if "reference" in notice:
+                if self.references is not None:  # it logs what it cannot read
+                    await self.references.refresh(str(notice["reference"]))
+                return
             if "event" in notice:
                 change = notice["change"]
                 if change not in get_args(ChangeKind):
@@ -196,3 +239,12 @@ class FeedRelay:
             return
         if item is not None:  # None: deleted since (retention)
             self.feed.deliver(item)
+
+    # --- what notices missed ---------------------------------------------------------------
+
+    async def _sync(self) -> None:
+        """Every `sync_every_s`, the references in memory compared with the store's."""
+        while True:
+            await asyncio.sleep(self.sync_every_s)
+            if self.references is not None:
+                await self.references.sync()

@@ -111,11 +111,13 @@ class EventRecorder:
         self.flush(camera_id)
 
     def _end_dangling(self, camera_id: str, now: datetime) -> list[Change | None]:
+        dangling = self.store.open_events(camera_id)
+        if not dangling:  # the usual answer: the camera's stored state is not needed
+            return []
         known = self.store.camera(camera_id)
         last = known.last_frame_at if known is not None else None
         return [
-            self.store.update_event(e.id, now, end=max(e.start, last or e.start))
-            for e in self.store.open_events(camera_id)
+            self.store.update_event(e.id, now, end=max(e.start, last or e.start)) for e in dangling
         ]
 
     async def event(self, camera_id: str, event: Event, model: dict[str, str]) -> None:
@@ -218,10 +220,8 @@ class EventRecorder:
                 event.changed, event.written_at = False, now
                 event.record = replace(event.record, confidence=event.confidence)
                 confidences[event.record.id] = event.confidence
-        if confidences:  # one transaction for all of them: a write costs about its commit
-            self.submit(self.store.update_confidences, confidences, now)
-        if changed:
-            self.submit(self._save, changed)
+        if confidences or changed:  # one transaction: a write costs about its commit
+            self.submit(self.store.save_flush, changed, confidences, now)
 
     def _due(self, event: _Open, now: datetime) -> bool:
         """Whether the running confidence is written at this flush."""
@@ -229,7 +229,3 @@ class EventRecorder:
             return True
         was, is_ = event.written, event.confidence
         return any((was >= t) != (is_ >= t) for t in self.thresholds)
-
-    def _save(self, records: list[CameraRecord]) -> list[CameraRecord]:
-        self.store.save_cameras(records)
-        return records

@@ -2,9 +2,9 @@
 
 A YAML file (YAML rather than TOML because every problem can then be named with its line: the
 server refuses to start on a bad file, saying `FILE:LINE: rule 'falls': min_confidence must
-be <= 1, got 1.5`). It names the `destinations` (webhooks today; `type` leaves room for
-`mqtt`) and the `rules`: labels, minimum confidence, per-camera overrides, cooldown, repeat
-until acknowledged. `AlertRules` is the `AlertPolicy` the event store calls on every change.
+be <= 1, got 1.5`). It names the `destinations` (signed webhooks, and MQTT brokers) and the
+`rules`: labels, minimum confidence, per-camera overrides, cooldown, repeat until
+acknowledged. `AlertRules` is the `AlertPolicy` the event store calls on every change.
 """
 
 from __future__ import annotations
@@ -17,8 +17,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+)
 
+from server.events.mqtt import topic_problem
 from server.events.types import Alert, AlertHistory, EventRecord
 from server.events.webhooks import decode_secret
 from server.settings import REQUIREMENTS
@@ -31,7 +41,10 @@ _WORDS = {
     "extra_forbidden": "is not a known field (a typo?)",
     "missing": "is required",
     "too_short": "must have at least {min_length} item(s)",
+    "union_tag_invalid": "must be one of {expected_tags}, got {tag!r}",
 }
+# fields whose values never appear in a message
+_SECRET_FIELDS = ("secrets", "password")
 
 
 class RulesError(Exception):
@@ -47,18 +60,73 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class WebhookDestination(_Strict):
+def _topic(value: str) -> str:
+    problem = topic_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _qos(value: int) -> int:
+    if value not in (1, 2):
+        raise ValueError("must be 1 or 2 (QoS 0 has no acknowledgement: no at-least-once)")
+    return value
+
+
+class _Retried(_Strict):
+    """How the deliverer retries a destination (docs/alerts.md, "Retries and dead letters")."""
+
+    # at most 30 s: well inside the minute for which the store lends a row to one deliverer
+    timeout_s: float = Field(10.0, gt=0, le=30)
+    max_attempts: int = Field(20, ge=1, le=100)  # with the default backoff: 1 to 2 hours
+    backoff_s: float = Field(2.0, gt=0)  # the wait after the first failed attempt, doubling
+    backoff_max_s: float = Field(600.0, gt=0)
+
+
+class WebhookDestination(_Retried):
     """An HTTP endpoint that receives signed alerts (Standard Webhooks)."""
 
     type: Literal["webhook"] = "webhook"
     url: AnyHttpUrl
     # newest first: every delivery is signed with each, so receivers can rotate without a gap
     secrets: tuple[Annotated[str, AfterValidator(_secret)], ...] = Field(min_length=1, repr=False)
-    # at most 30 s: well inside the minute for which the store lends a row to one deliverer
-    timeout_s: float = Field(10.0, gt=0, le=30)
-    max_attempts: int = Field(20, ge=1, le=100)  # with the default backoff: 1 to 2 hours
-    backoff_s: float = Field(2.0, gt=0)  # the wait after the first failed attempt, doubling
-    backoff_max_s: float = Field(600.0, gt=0)
+
+
+class MqttDestination(_Retried):
+    """An MQTT broker that takes each alert on `<topic>/<camera>`, delivered once the broker
+    acknowledged it (QoS 1 or 2)."""
+
+    type: Literal["mqtt"]
+    host: str = Field(min_length=1)
+    port: int | None = Field(default=None, ge=1, le=65535)  # None: 1883, or 8883 with TLS
+    topic: Annotated[str, AfterValidator(_topic)] = "gd/alerts"
+    username: str | None = Field(default=None, min_length=1)
+    password: str | None = Field(default=None, repr=False)
+    tls: bool = False
+    ca_file: Path | None = None  # TLS: the broker's CA; None: the system's CAs
+    qos: Annotated[int, AfterValidator(_qos)] = 1
+
+    @property
+    def broker_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 8883 if self.tls else 1883
+
+
+def _destination_type(value: Any) -> str:
+    """The `type` of a destination, `webhook` where it is left out (as before there were
+    others); a value that is no mapping is checked, and refused, as a webhook."""
+    if isinstance(value, dict):
+        return str(value.get("type", "webhook"))
+    return getattr(value, "type", "webhook")
+
+
+Destination = WebhookDestination | MqttDestination
+# what the file holds: the destination its `type` names
+_Typed = Annotated[
+    Annotated[WebhookDestination, Tag("webhook")] | Annotated[MqttDestination, Tag("mqtt")],
+    Discriminator(_destination_type),
+]
 
 
 class CameraOverride(_Strict):
@@ -90,7 +158,7 @@ class Rule(_Strict):
 
 
 class RulesFile(_Strict):
-    destinations: dict[str, WebhookDestination] = Field(default_factory=dict)
+    destinations: dict[str, _Typed] = Field(default_factory=dict)
     rules: tuple[Rule, ...] = ()
 
 
@@ -105,6 +173,11 @@ class AlertRules:
         """Read and check a rules file; `labels`, the model's action names, if given, are the
         only labels rules may name. Raises RulesError naming the file, line and field."""
         return cls(read_rules(path, labels))
+
+    @property
+    def destinations(self) -> dict[str, Destination]:
+        """Every destination, by name: what the deliverer delivers to."""
+        return dict(self.spec.destinations)
 
     @property
     def webhooks(self) -> dict[str, WebhookDestination]:
@@ -244,7 +317,7 @@ def read_rules(path: Path, labels: Collection[str] | None = None) -> RulesFile:
         spec = RulesFile.model_validate(data)
     except ValidationError as e:
         errors = e.errors()
-        locs = [tuple(err["loc"]) for err in errors]
+        locs = [_loc(err) for err in errors]
         problems += [
             (loc, _message(err))
             for loc, err in zip(locs, errors, strict=True)
@@ -261,9 +334,27 @@ def read_rules(path: Path, labels: Collection[str] | None = None) -> RulesFile:
     return spec
 
 
+def _loc(err: Mapping[str, Any]) -> tuple:
+    """Where an error is, as the file has it: without pydantic's destination type (a level
+    the file does not have), and an unknown type at the `type` field."""
+    loc = tuple(err["loc"])
+    if err["type"] == "union_tag_invalid":
+        return (*loc, "type")
+    if len(loc) >= 3 and loc[0] == "destinations" and loc[2] in ("webhook", "mqtt"):
+        return loc[:2] + loc[3:]
+    return loc
+
+
 def _cross_check(spec: RulesFile, labels: Collection[str] | None) -> list[tuple[tuple, str]]:
-    """What one field cannot say alone: unknown destinations and labels, duplicate names."""
+    """What one field cannot say alone: unknown destinations and labels, duplicate names, an
+    MQTT password without its user, a CA without TLS."""
     problems: list[tuple[tuple, str]] = []
+    for name, place in spec.destinations.items():
+        if isinstance(place, MqttDestination):
+            if place.password is not None and place.username is None:
+                problems.append((("destinations", name, "password"), "needs a username"))
+            if place.ca_file is not None and not place.tls:
+                problems.append((("destinations", name, "ca_file"), "needs tls: true"))
     names = [r.name for r in spec.rules]
     for i, rule in enumerate(spec.rules):
         if names.index(rule.name) != i:
@@ -303,7 +394,7 @@ def _message(err: Mapping[str, Any]) -> str:
     else:
         text = err["msg"].replace("Input should be", "must be")
     scalar = isinstance(err.get("input"), str | int | float | bool)
-    secret = "secrets" in err["loc"]
+    secret = any(f in err["loc"] for f in _SECRET_FIELDS)
     if scalar and not secret and err["type"] not in ("missing", "extra_forbidden"):
         text += f", got {err['input']!r}"
     return text

@@ -15,26 +15,23 @@ import asyncio
 import logging
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-import numpy as np
-
 from server.eventbus import EventBus
-from server.events.delivery import WebhookDeliverer
+from server.events.delivery import Deliverer
 from server.events.feed import Feed
 from server.events.notify import FeedRelay
 from server.events.recorder import EventRecorder
+from server.events.references import References
 from server.events.rules import AlertRules, RulesError
 from server.events.store import (
     Backlog,
     CameraRecord,
     Change,
     EventStore,
-    ReferenceRecord,
     StoreError,
     StoreUnavailable,
     database_url,
@@ -84,102 +81,6 @@ def _fix(settings: Settings) -> str:
     )
 
 
-@dataclass(frozen=True)
-class Reference:
-    """A camera's empty-room depth: the PNG as uploaded and its pixels (uint16 mm, read-only)."""
-
-    png: bytes
-    image: np.ndarray
-    updated_at: datetime
-
-
-def decode_png(png: bytes) -> np.ndarray | None:
-    """The pixels of a 16-bit single-channel PNG (uint16 [H, W], read-only); None for any
-    other image or bytes that are not one."""
-    import cv2  # the serve extra's
-
-    image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None or image.dtype != np.uint16 or image.ndim != 2:
-        return None
-    image.flags.writeable = False  # shared by every stream of the camera
-    return image
-
-
-def reference_problem(
-    reference: Reference | None, camera_id: str | None, size: tuple[int, int]
-) -> tuple[str, str] | None:
-    """Why a person-crop model cannot use `reference` for frames of `size` (height, width):
-    the warning's code and message; None when it can."""
-    if reference is None:
-        whose = "no camera_id given" if camera_id is None else f"camera {camera_id!r} has none"
-        return "no_reference", (
-            f"no empty-room reference ({whose}): this person-crop model gets whole frames, "
-            "which it was not trained on (docs/api.md, Camera references)"
-        )
-    if reference.image.shape != size:
-        (rh, rw), (h, w) = reference.image.shape, size
-        return "reference_size_mismatch", (
-            f"the reference of camera {camera_id!r} is {rw}x{rh}, the frames {w}x{h}: it is not "
-            "used, clips are whole frames (capture one at the frames' size)"
-        )
-    return None
-
-
-class References:
-    """Each camera's empty-room reference (docs/api.md, *Camera references*).
-
-    Kept in memory, so that a stream looks its camera's up for every clip without a database
-    round trip; written through to the event store when there is one, and loaded from it at
-    start. Without the store (`--events-db off`) they live in memory only: a restart forgets
-    them. Used on the event loop only (no lock).
-    """
-
-    def __init__(
-        self, events: EventService | None = None, clock: Callable[[], datetime] = utc_now
-    ) -> None:
-        self.events, self.clock = events, clock
-        self._cache: dict[str, Reference] = {}
-
-    @property
-    def stored(self) -> bool:
-        """Whether references survive a restart (the event store is on)."""
-        return self.events is not None
-
-    def load(self) -> None:
-        """Read every stored reference (at start, before the event loop runs)."""
-        if self.events is None:
-            return
-        for r in self.events.store.references():
-            image = decode_png(r.png)
-            if image is None or image.shape != (r.height, r.width):
-                log.error(
-                    "camera %r: its stored reference is not a 16-bit PNG; ignored", r.camera_id
-                )
-                continue
-            self._cache[r.camera_id] = Reference(r.png, image, r.updated_at)
-
-    def get(self, camera_id: str) -> Reference | None:
-        return self._cache.get(camera_id)
-
-    async def put(self, camera_id: str, png: bytes, image: np.ndarray) -> Reference:
-        """Store (when the store is on: first there, so a failure changes nothing) and use
-        from the next clip of the camera's streams on."""
-        reference = Reference(png, image, self.clock())
-        if self.events is not None:
-            h, w = image.shape
-            record = ReferenceRecord(camera_id, png, h, w, reference.updated_at)
-            await self.events.call(self.events.store.put_reference, record)
-        self._cache[camera_id] = reference
-        return reference
-
-    async def delete(self, camera_id: str) -> bool:
-        """Whether the camera had one (it has none now)."""
-        found = False
-        if self.events is not None:
-            found = await self.events.call(self.events.store.delete_reference, camera_id)
-        return self._cache.pop(camera_id, None) is not None or found
-
-
 class EventService:
     def __init__(
         self,
@@ -205,8 +106,8 @@ class EventService:
         self.tasks: list[asyncio.Task] = []
         self.last: asyncio.Future | None = None  # the newest call submitted
         self.rules = rules
-        webhooks = rules.webhooks if rules is not None else {}
-        self.deliverer = WebhookDeliverer(store, webhooks) if webhooks else None
+        destinations = rules.destinations if rules is not None else {}
+        self.deliverer = Deliverer(store, destinations) if destinations else None
         self.references = References(self, clock)
 
     @classmethod

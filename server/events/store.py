@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import logging
 from collections import deque
@@ -30,7 +31,9 @@ from alembic.config import Config
 from sqlalchemy import (
     Connection,
     Engine,
+    Integer,
     and_,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -173,7 +176,9 @@ def redacted(url: str) -> str:
 def make_engine(url: str) -> Engine:
     postgres = make_url(url).get_backend_name() == "postgresql"
     connect_args = {"connect_timeout": PG_CONNECT_TIMEOUT_S} if postgres else {}
-    engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    # a ping before each transaction finds a PostgreSQL connection the server dropped; a
+    # SQLite file's cannot drop, and the ping was a statement more per store call
+    engine = create_engine(url, pool_pre_ping=postgres, connect_args=connect_args)
     if engine.dialect.name == "sqlite":
         _sqlite_setup(engine)
     return engine
@@ -230,6 +235,97 @@ def cause(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+# The statements of the event path's hot calls, built once: building one (SQLAlchemy's
+# coercions, its cache key) cost about as much as running it (docs/results.md).
+_SET_CONFIDENCE = (  # many events' running confidences in one executemany (`save_flush`)
+    update(events)
+    .where(events.c.id == bindparam("b_id"))
+    .values(confidence=bindparam("b_confidence"))
+)
+_EVENTS_BY_ID = select(events).where(events.c.id.in_(bindparam("b_ids", expanding=True)))
+_INSERT_EVENT = insert(events)
+_INSERT_DELIVERIES = insert(deliveries)
+_SET_ALERTED = update(events).where(events.c.id == bindparam("b_id")).values(alerted=True)
+_OPEN_EVENTS = (
+    select(events)
+    .where(events.c.camera_id == bindparam("b_camera"), events.c.end_at.is_(None))
+    .order_by(events.c.start_at, events.c.id)
+)
+
+
+def _due_query() -> Any:
+    """`EventStore.due`'s query: the pending rows due at `b_now` for `b_destinations`, but
+    none whose camera has an earlier pending row to its destination that is not due."""
+    d = deliveries.c
+    earlier, earlier_event = deliveries.alias("earlier"), events.alias("earlier_event")
+    now = bindparam("b_now", type_=d.next_attempt_at.type)
+    waits = exists().where(
+        earlier.c.state == "pending",
+        earlier.c.destination == d.destination,
+        earlier.c.id < d.id,
+        earlier.c.next_attempt_at > now,
+        earlier_event.c.id == earlier.c.event_id,
+        earlier_event.c.camera_id == events.c.camera_id,
+    )
+    return (
+        select(deliveries)
+        .join(events, events.c.id == d.event_id)
+        .where(
+            d.state == "pending",
+            d.destination.in_(bindparam("b_destinations", expanding=True)),
+            d.next_attempt_at <= now,
+            ~waits,
+        )
+        .order_by(d.id)
+        .limit(bindparam("b_limit", type_=Integer))
+    )
+
+
+_DUE = _due_query()
+_ANY_DUE = _DUE.with_only_columns(deliveries.c.id)
+
+
+@functools.cache
+def _update_statement(columns: tuple[str, ...]) -> Any:
+    """An event's update of these columns (bound as `_bound` names them), returning its row;
+    built once."""
+    values: dict[str, Any] = {c: bindparam(f"b_{c}") for c in columns}
+    where = events.c.id == bindparam("b_id")
+    return update(events).where(where).values(**values).returning(*events.c)
+
+
+@functools.cache
+def _mark_statement(columns: tuple[str, ...]) -> Any:
+    """`EventStore._mark`'s update of these columns (bound as `_bound` names them), built
+    once."""
+    d = deliveries.c
+    return (
+        update(deliveries)
+        .where(d.id == bindparam("b_id"))
+        .values(attempts=d.attempts + 1, **{c: bindparam(f"b_{c}") for c in columns})
+    )
+
+
+def _bound(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Column values as a built statement's parameters (a column's own name is SQLAlchemy's
+    in a SET clause)."""
+    return {f"b_{k}": v for k, v in values.items()}
+
+
+# a destination's newest alert for a camera and label (`_History`), since a time, of an event
+_CAMERA_ALERTS = (
+    select(func.max(deliveries.c.created_at))
+    .join(events, events.c.id == deliveries.c.event_id)
+    .where(events.c.camera_id == bindparam("b_camera"), events.c.label == bindparam("b_label"))
+    .where(deliveries.c.destination == bindparam("b_destination"))
+)
+_CAMERA_ALERTS_SINCE = _CAMERA_ALERTS.where(deliveries.c.created_at >= bindparam("b_since"))
+_OWN_ALERTS = select(func.max(deliveries.c.created_at)).where(
+    deliveries.c.event_id == bindparam("b_event"),
+    deliveries.c.destination == bindparam("b_destination"),
+)
+
+
 class _History:
     """`AlertHistory` inside the transaction that writes `event`.
 
@@ -237,7 +333,9 @@ class _History:
     a camera's alerts are looked up only that far back, plus `event`'s own at any age: all
     that the rules' answer depends on (a cooldown or repeat interval measured from an alert
     older than the longest one has passed either way; whether this event alerted is its own
-    rows), found through indexes whatever the length of the history. Without one: all."""
+    rows), found through indexes whatever the length of the history. Without one: all. A
+    `new` event (inserted in this transaction) has no alerts of its own yet, and a lookback of
+    zero (no cooldown, no repeat) needs no other event's: neither is looked up."""
 
     def __init__(
         self,
@@ -245,24 +343,22 @@ class _History:
         event: EventRecord,
         now: datetime,
         lookback: timedelta | None,
+        new: bool = False,
     ) -> None:
         self.connection, self.event, self.now, self.lookback = connection, event, now, lookback
+        self.new = new
 
     def last_alert_at(self, camera_id: str, label: str, destination: str) -> datetime | None:
-        d = deliveries.c
-        query = (
-            select(func.max(d.created_at))
-            .join(events, events.c.id == d.event_id)
-            .where(events.c.camera_id == camera_id, events.c.label == label)
-            .where(d.destination == destination)
-        )
+        keys = {"b_camera": camera_id, "b_label": label, "b_destination": destination}
         if self.lookback is None:
-            return self.connection.execute(query).scalar()
-        found = [self.connection.execute(query.where(d.created_at >= self.now - self.lookback))]
-        if (camera_id, label) == (self.event.camera_id, self.event.label):
-            own = select(func.max(d.created_at))
-            own = own.where(d.event_id == self.event.id, d.destination == destination)
-            found.append(self.connection.execute(own))
+            return self.connection.execute(_CAMERA_ALERTS, keys).scalar()
+        found = []
+        if self.lookback > timedelta(0):
+            since = {**keys, "b_since": self.now - self.lookback}
+            found.append(self.connection.execute(_CAMERA_ALERTS_SINCE, since))
+        if (camera_id, label) == (self.event.camera_id, self.event.label) and not self.new:
+            own = {"b_event": self.event.id, "b_destination": destination}
+            found.append(self.connection.execute(_OWN_ALERTS, own))
         return max((t for r in found if (t := r.scalar()) is not None), default=None)
 
 
@@ -279,6 +375,7 @@ class EventStore:
         # The writer's thread only, changed after a commit.
         self._quiet: set[str] = set()
         self._checked: set[str] = set()
+        self._upsert: Any = None  # `_camera_upsert`'s statement
 
     @classmethod
     def open(cls, url: str, policy: AlertPolicy | None = None) -> EventStore:
@@ -324,9 +421,9 @@ class EventStore:
     def add_event(self, record: EventRecord, now: datetime) -> Change:
         """A new event (`started`, or `ended` if it comes already ended)."""
         with self._write() as connection:
-            connection.execute(insert(events).values(_event_row(record)))
+            connection.execute(_INSERT_EVENT, _event_row(record))
             change: ChangeKind = "started" if record.end is None else "ended"
-            alerted, quiet = self._changed(connection, record, change, now)
+            alerted, quiet = self._changed(connection, record, change, now, new=True)
         self._remember(record, quiet)
         return Change(change, record, alerted)
 
@@ -372,15 +469,39 @@ class EventStore:
     def update_confidences(self, confidences: Mapping[str, float], now: datetime) -> list[Change]:
         """Running confidences of open events (`updated`), a flush's worth in one transaction;
         events deleted meanwhile are left out."""
+        return [c for c in self.save_flush((), confidences, now) if isinstance(c, Change)]
+
+    def save_flush(
+        self, cameras: Collection[CameraRecord], confidences: Mapping[str, float], now: datetime
+    ) -> list[Change | CameraRecord]:
+        """A recorder's flush in one transaction: running confidences of open events
+        (`updated`; events deleted meanwhile are left out) and camera states (`save_cameras`).
+        Returns what was written, the changes in the order of `confidences`, then the cameras.
+
+        The events that owe no alert until they end (`_quiet`, the usual case) are written by
+        one statement for all of them and read back by one, not one each: per statement,
+        SQLAlchemy's Python costs more than SQLite's write, and it holds the GIL that the
+        server's event loop needs (docs/results.md, the event path's cost)."""
+        # without an alert policy every update owes nothing
+        quiet = {i for i in confidences if self.policy is None or i in self._quiet}
+        done: dict[str, tuple[Change, bool | None]] = {}
         with self._write() as connection:
-            done = [
-                self._update_in(connection, event_id, {"confidence": c}, "updated", now)
-                for event_id, c in confidences.items()
-            ]
-        changes = [d for d in done if d is not None]
-        for change, quiet in changes:
-            self._remember(change.event, quiet)
-        return [change for change, _ in changes]
+            if quiet:
+                rows = [{"b_id": i, "b_confidence": confidences[i]} for i in quiet]
+                connection.execute(_SET_CONFIDENCE, rows)
+                for row in connection.execute(_EVENTS_BY_ID, {"b_ids": list(quiet)}):
+                    done[row.id] = Change("updated", _event(row), row.alerted), True
+            for event_id, c in confidences.items():
+                if event_id not in quiet:
+                    d = self._update_in(connection, event_id, {"confidence": c}, "updated", now)
+                    if d is not None:
+                        done[event_id] = d
+            if cameras:
+                connection.execute(self._camera_upsert(), [_camera_row(r) for r in cameras])
+        changes = [done[i] for i in confidences if i in done]
+        for change, quiet_now in changes:
+            self._remember(change.event, quiet_now)
+        return [*(change for change, _ in changes), *cameras]
 
     def _update(
         self, event_id: str, values: dict[str, Any], change: ChangeKind, now: datetime
@@ -401,31 +522,39 @@ class EventStore:
         now: datetime,
     ) -> tuple[Change, bool | None] | None:
         """The change and, as `_changed` says, whether the event is now quiet."""
-        statement = update(events).where(events.c.id == event_id).values(**values)
-        row = connection.execute(statement.returning(*events.c)).first()
+        statement = _update_statement(tuple(sorted(values)))
+        row = connection.execute(statement, {"b_id": event_id, **_bound(values)}).first()
         if row is None:
             return None
         record = _event(row)
         if change == "updated" and event_id in self._quiet:
             return Change(change, record, row.alerted), True  # owes nothing until it ends
-        alerted, quiet = self._changed(connection, record, change, now)
+        alerted, quiet = self._changed(connection, record, change, now, alerted=row.alerted)
         return Change(change, record, alerted or row.alerted), quiet
 
     def _changed(
-        self, connection: Connection, record: EventRecord, change: str, now: datetime
+        self,
+        connection: Connection,
+        record: EventRecord,
+        change: str,
+        now: datetime,
+        new: bool = False,
+        alerted: bool = False,
     ) -> tuple[bool, bool | None]:
         """The alerts the rules owe for this change, into the outbox, in this transaction
-        (and the event marked `alerted`). Returns whether it owed any, and whether the open
-        event's updates now owe nothing until it ends (None: not looked at; `_remember`)."""
+        (and the event marked `alerted`, unless it is already). `new`: the event was inserted
+        in this transaction. Returns whether it owed any, and whether the open event's updates
+        now owe nothing until it ends (None: not looked at; `_remember`)."""
         if self.policy is None:
             return False, None
         lookback = self.policy.lookback if isinstance(self.policy, AlertRules) else None
-        history = _History(connection, record, now, lookback)
+        history = _History(connection, record, now, lookback, new)
         alerts = self.policy.alerts_for(record, change, history, now)
+        if alerts and not alerted:
+            connection.execute(_SET_ALERTED, {"b_id": record.id})
         if alerts:
-            connection.execute(update(events).where(events.c.id == record.id).values(alerted=True))
             connection.execute(
-                insert(deliveries),
+                _INSERT_DELIVERIES,
                 [
                     {
                         "event_id": record.id,
@@ -496,13 +625,10 @@ class EventStore:
 
     def open_events(self, camera_id: str) -> list[EventRecord]:
         """The camera's events without an end, oldest first."""
-        query = (
-            select(events)
-            .where(events.c.camera_id == camera_id, events.c.end_at.is_(None))
-            .order_by(events.c.start_at, events.c.id)
-        )
         with self._read() as connection:
-            return [_event(row) for row in connection.execute(query)]
+            return [
+                _event(row) for row in connection.execute(_OPEN_EVENTS, {"b_camera": camera_id})
+            ]
 
     def list_events(self, where: EventFilter, limit: int, cursor: str | None = None) -> Page:
         """Newest first (start, then id: a stable order); `cursor` continues a listing."""
@@ -559,15 +685,21 @@ class EventStore:
         rows = [_camera_row(r) for r in records]
         if not rows:
             return
-        dialect = sqlite if self.engine.dialect.name == "sqlite" else postgresql
-        statement = dialect.insert(cameras)
-        kept = {"id", "first_seen"}
-        statement = statement.on_conflict_do_update(
-            index_elements=[cameras.c.id],
-            set_={c.name: statement.excluded[c.name] for c in cameras.c if c.name not in kept},
-        )
         with self._write() as connection:
-            connection.execute(statement, rows)
+            connection.execute(self._camera_upsert(), rows)
+
+    def _camera_upsert(self) -> Any:
+        """The insert-or-update of camera rows, built once (building it cost more than
+        running it)."""
+        if self._upsert is None:
+            dialect = sqlite if self.engine.dialect.name == "sqlite" else postgresql
+            statement = dialect.insert(cameras)
+            kept = {"id", "first_seen"}
+            self._upsert = statement.on_conflict_do_update(
+                index_elements=[cameras.c.id],
+                set_={c.name: statement.excluded[c.name] for c in cameras.c if c.name not in kept},
+            )
+        return self._upsert
 
     def cameras(self) -> list[CameraRecord]:
         with self._read() as connection:
@@ -616,34 +748,14 @@ class EventStore:
         if not destinations:
             return []
         d = deliveries.c
-        earlier, earlier_event = deliveries.alias("earlier"), events.alias("earlier_event")
-        waits = exists().where(
-            earlier.c.state == "pending",
-            earlier.c.destination == d.destination,
-            earlier.c.id < d.id,
-            earlier.c.next_attempt_at > now,
-            earlier_event.c.id == earlier.c.event_id,
-            earlier_event.c.camera_id == events.c.camera_id,
-        )
-        query = (
-            select(deliveries)
-            .join(events, events.c.id == d.event_id)
-            .where(
-                d.state == "pending",
-                d.destination.in_(list(destinations)),
-                d.next_attempt_at <= now,
-                ~waits,
-            )
-            .order_by(d.id)
-            .limit(limit)
-        )
+        keys = {"b_destinations": list(destinations), "b_now": now, "b_limit": limit}
         with self._read() as connection:  # the usual answer, nothing due, needs no write lock
-            if connection.execute(query.with_only_columns(d.id)).first() is None:
+            if connection.execute(_ANY_DUE, keys).first() is None:
                 return []
         with self._write() as connection:
             if connection.dialect.name == "postgresql":  # SQLite: one writer at a time anyway
                 connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({OUTBOX_LOCK})")
-            rows = [_delivery(row) for row in connection.execute(query)]
+            rows = [_delivery(row) for row in connection.execute(_DUE, keys)]
             if rows:
                 connection.execute(
                     update(deliveries)
@@ -674,12 +786,9 @@ class EventStore:
 
     def _mark(self, delivery_id: int, **values: Any) -> None:
         """One attempt's outcome (each mark counts one attempt)."""
+        statement = _mark_statement(tuple(sorted(values)))
         with self._write() as connection:
-            connection.execute(
-                update(deliveries)
-                .where(deliveries.c.id == delivery_id)
-                .values(attempts=deliveries.c.attempts + 1, **values)
-            )
+            connection.execute(statement, {"b_id": delivery_id, **_bound(values)})
 
     def deliveries(self, event_id: str | None = None, limit: int = 100) -> list[Delivery]:
         """The delivery log, newest first; one event's when `event_id` is given."""
@@ -707,6 +816,21 @@ class EventStore:
         query = select(deliveries).where(*conditions).order_by(d.id.desc()).limit(limit)
         with self._read() as connection:
             return [_delivery(row) for row in connection.execute(query)]
+
+    # --- camera references, as other servers changed them (server/events/references.py) ----
+
+    def reference(self, camera_id: str) -> ReferenceRecord | None:
+        """The camera's reference; None if it has none."""
+        where = camera_references.c.camera_id == camera_id
+        with self._read() as connection:
+            row = connection.execute(select(camera_references).where(where)).first()
+        return None if row is None else ReferenceRecord(**row._mapping)
+
+    def reference_versions(self) -> dict[str, datetime]:
+        """Each stored reference's `updated_at`, by camera id: what changed, without the PNGs."""
+        query = select(camera_references.c.camera_id, camera_references.c.updated_at)
+        with self._read() as connection:
+            return {row.camera_id: row.updated_at for row in connection.execute(query)}
 
 
 class Backlog:

@@ -18,7 +18,7 @@ from core.clip import TimestampError, clips_span
 from server import offline, uploads
 from server.dependencies import ServiceDep
 from server.errors import ApiError
-from server.events.service import reference_problem
+from server.events.references import reference_problem
 from server.multipart import read_file_field
 from server.schemas import (
     ClipScores,

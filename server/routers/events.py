@@ -20,7 +20,8 @@ from starlette.requests import HTTPConnection
 from server.auth import bearer_token
 from server.errors import ApiError
 from server.events.delivery import message_id
-from server.events.service import EventService, Reference
+from server.events.references import Reference
+from server.events.service import EventService
 from server.events.store import (
     CameraRecord,
     Change,

@@ -17,7 +17,7 @@ from starlette.requests import HTTPConnection
 
 from core.limits import MAX_SIDE
 from server.errors import ApiError
-from server.events.service import Reference, References, decode_png
+from server.events.references import Reference, References, decode_png
 from server.multipart import DRAIN_LIMIT
 from server.schemas import ErrorResponse
 

@@ -300,6 +300,7 @@ def test_upload_reference_errors_exit_2(crop_server, tmp_path, capsys):
     assert "no.png" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # renders every scene of a synthetic source: 1.5 CPU s
 def test_a_synthetic_source_hands_each_scenes_empty_room_before_its_frames():
     from clients.sources import synth as synth_source
 

@@ -202,6 +202,7 @@ def random_frame(rng, shape, hole_rate=0.3):
     return frame
 
 
+@pytest.mark.slow  # 0.4 CPU s
 @settings(max_examples=60, deadline=None)
 @given(fit=st.sampled_from(FITS), out=shapes(), seed=st.integers(0, 2**16), scale=st.integers(1, 3))
 def test_a_frame_of_the_models_aspect_is_only_resized(fit, out, seed, scale):
@@ -221,6 +222,7 @@ def test_a_frame_of_the_models_aspect_is_only_resized(fit, out, seed, scale):
 @settings(max_examples=60, deadline=None)
 @given(fit=st.sampled_from(("crop", "pad")), frame_shape=shapes(), out=shapes(1, 24),
        seed=st.integers(0, 2**16))  # fmt: skip
+@pytest.mark.slow  # 0.3 CPU s
 def test_crop_and_pad_match_a_per_pixel_reference(fit, frame_shape, out, seed):
     """crop = stretch of the centred crop; pad = stretch into the centred box, invalid bands."""
     spec = ClipSpec(height=out[0], width=out[1], fit=fit, depth_min_mm=400, depth_max_mm=5000)

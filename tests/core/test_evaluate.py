@@ -30,6 +30,7 @@ def dirs(tmp_path):
     return tmp_path / "gt", tmp_path / "pred"
 
 
+@pytest.mark.integration  # runs gd-eval
 def test_json_end_to_end(dirs):
     gt, pred = dirs
     out = gd_eval("--gt", str(gt), "--pred", str(pred), "--tiou", "0.5", "0.3", "--json")
@@ -43,6 +44,7 @@ def test_json_end_to_end(dirs):
     assert result["f1"]["0.5"] == pytest.approx(0.4)
 
 
+@pytest.mark.integration  # runs gd-eval
 def test_table_end_to_end(dirs):
     gt, pred = dirs
     out = gd_eval("--gt", str(gt), "--pred", str(pred), "--num-classes", "2")
@@ -54,12 +56,14 @@ def test_table_end_to_end(dirs):
     assert "classes without ground truth (AP 0 in mAP_action): 2" in out.stdout
 
 
+@pytest.mark.integration  # runs gd-eval
 def test_console_script_help():
     out = subprocess.run([GD_EVAL, "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
     assert "label,start,end,confidence" in out.stdout and "example:" in out.stdout
 
 
+@pytest.mark.integration  # runs gd-eval
 def test_malformed_file_exits_2_naming_file_and_line(dirs):
     gt, pred = dirs
     (pred / "a.txt").write_text("1,0,100,0.9\n1,0,oops,0.5\n")

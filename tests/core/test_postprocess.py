@@ -120,6 +120,7 @@ def test_average_short_video_single_short_window():
     n_classes=st.integers(2, 5),
     seed=st.integers(0, 2**32 - 1),
 )
+@pytest.mark.slow  # 0.4 CPU s
 def test_average_matches_reference(n_clips, window, step, n_classes, seed):
     starts = window_starts(n_clips, window, min(step, window))
     t = min(window, n_clips)
@@ -395,6 +396,7 @@ def test_segment_depends_only_on_its_own_clips(probs, threshold, cut):
     counts=st.lists(st.lists(st.integers(0, 16), min_size=3, max_size=3), max_size=60),
     threshold=st.sampled_from([0.0, 0.25, 0.4, 0.5, 1.0]),
 )
+@pytest.mark.slow  # 0.5 CPU s
 def test_segment_matches_exact_reference_on_dyadic_probabilities(counts, threshold):
     # Multiples of 1/16: every sum is exact in float64, so the rational reference must agree
     # bit for bit, ties included.

@@ -234,6 +234,7 @@ def test_any_value_in_any_hello_field_is_a_hello_or_a_wire_error(field, value):
         assert math.isfinite(hello.fps) and 1 <= hello.width <= 4096
 
 
+@pytest.mark.slow  # 300 examples: 0.6 CPU s
 @given(text=st.text(max_size=64) | st.binary(max_size=64))
 @settings(max_examples=300, deadline=None)
 def test_any_text_is_a_control_message_or_a_wire_error(text):

@@ -41,7 +41,7 @@ def test_site_recordings_retrain_and_hot_reload_into_a_streaming_server(
     assert "no problems" in capsys.readouterr().out
 
     # Fine-tune the starting bundle for one epoch and export the site's bundle: `gd-train
-    # finetune --export` in a process of its own, as it runs at a site (the `finetuned` fixture,
+    # finetune --export` through the command's main (the `finetuned` fixture,
     # tests/helpers/retraining.py, which tests/training/test_finetune.py checks in detail).
     work, site_model, printed = finetuned
     assert "mAP before:" in printed and "mAP after:" in printed

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.export import exported
+from tests.helpers.export_models import exported
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,8 @@ from export.onnx import (
     recorded_cache,
     verify_bundle,
 )
-from tests.export import ARCH, CLASSES, SPEC, make_checkpoint
+from tests.export import CLASSES, SPEC
+from tests.helpers.export_models import ARCH, make_checkpoint
 from tests.helpers.numerics import reorder_tol
 from tests.helpers.tiny_bundle import make_bundle
 from training.checkpoint import load_checkpoint

@@ -84,20 +84,23 @@ def bundle(cache, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def finetuned(bundle, cache, tmp_path_factory):
-    """`gd-train finetune --epochs 1 --export` of the starting bundle on the site's cache, in a
-    process of its own as it runs at a site (in the test process, after the fixtures' export,
-    torch.onnx's dynamo export of the fine-tuned model can fail; from the command line it
-    works): (workdir, exported bundle, the command's stdout). Once a run: it takes seconds."""
-    import subprocess
-    import sys
+    """`gd-train finetune --epochs 1 --export` of the starting bundle on the site's cache,
+    through the command's own main: a process of its own added torch's import and the
+    exporter's first use again (30 CPU s; gd-train's main runs in processes of its own under
+    torchrun in tests/training/test_ddp.py). (workdir, exported bundle, the command's stdout);
+    once a run: it takes seconds."""
+    import contextlib
+    import io
 
     from tests.helpers.caches import TINY
+    from training.cli import main
 
     root = tmp_path_factory.mktemp("finetuned")
     work, site_model = root / "ft", root / "models" / "site"
-    args = [sys.executable, "-m", "training.cli", "finetune", "--from", str(bundle),
-            "--cache", str(cache), "--workdir", str(work), "--epochs", "1",
-            "--export", str(site_model), *TINY]  # fmt: skip
-    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return work, site_model, done.stdout
+    args = ["finetune", "--from", str(bundle), "--cache", str(cache), "--workdir", str(work),
+            "--epochs", "1", "--export", str(site_model), *TINY]  # fmt: skip
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(args)
+    assert code == 0, err.getvalue()[-4000:]
+    return work, site_model, out.getvalue()

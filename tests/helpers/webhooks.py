@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server.events.delivery import WebhookDeliverer
+from server.events.delivery import Deliverer
 from server.events.webhooks import WebhookVerificationError, new_secret, verify
 from tests.helpers.live import uvicorn_server
 
@@ -120,7 +120,7 @@ def deliver_all(outbox, destinations: dict, clock: Clock, limit_s: float = 86400
 
     async def scenario() -> None:
         async with httpx.AsyncClient() as client:
-            deliverer = WebhookDeliverer(
+            deliverer = Deliverer(
                 outbox, destinations, client, clock, clock.sleep, random.Random(7), POLL_S
             )
 

@@ -21,6 +21,7 @@ def test_demo_scene_streams_through_the_real_path_and_logs_actions(server, caplo
     assert TOKEN not in caplog.text
 
 
+@pytest.mark.slow  # renders a scene at the camera's size: 0.8 CPU s
 def test_rendered_scene_is_depth_at_the_default_models_camera_size():
     shot = demo.render_scene(seed=3, n_actions=1)
     frames = shot.film().depth

@@ -277,6 +277,7 @@ def spooled(folder) -> list[str]:
     return [p.name for p in folder.iterdir() if p.name.startswith(SPOOL_PREFIX)]
 
 
+@pytest.mark.integration  # a decoder process
 def test_a_decoder_over_its_memory_limit_is_refused(tmp_path):
     record_depth(tmp_path / "r.db3", FRAMES[:20], frame_timestamps_us(20, 30), fps=30)
     data = (tmp_path / "r.db3").read_bytes()

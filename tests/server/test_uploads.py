@@ -110,6 +110,7 @@ def test_zip_errors(frames, limits):
     assert e.status == 422 and "zip" in e.message
 
 
+@pytest.mark.integration  # a decoder process
 def test_zip_bomb_is_refused_from_the_directory(limits):
     bomb = zip_of({"a.png": b"\0" * (50 << 20)})  # 50 MiB of zeros, ~50 kB compressed
     assert len(bomb) < 100_000
@@ -129,6 +130,7 @@ def test_png_bomb_is_refused_from_its_header(limits):
     assert e.status == 413 and "10 frames of 2000x2000" in e.message
 
 
+@pytest.mark.integration  # a decoder process
 def test_db3_recording(frames, limits, tmp_path):
     ts = 7_000_000 + np.cumsum(np.random.default_rng(1).integers(30_000, 36_000, 20))
     record_depth(tmp_path / "r.db3", frames, ts, fps=30)
@@ -139,6 +141,7 @@ def test_db3_recording(frames, limits, tmp_path):
     assert spooled == []  # the spool file is gone
 
 
+@pytest.mark.integration  # decoder processes
 def test_db3_over_the_limit_and_corrupt(frames, tmp_path):
     record_depth(tmp_path / "r.db3", frames, frame_timestamps_us(20, 30), fps=30)
     small = Limits(5, 1 << 30, recordings(tmp_path))

@@ -128,6 +128,7 @@ def test_every_action_renders(index):
     assert rec.body_mask.any(axis=(1, 2)).mean() > 0.9
 
 
+@pytest.mark.slow  # 0.4 CPU s
 def test_detection_video_segments_are_ordered_with_gaps():
     rec = detection_video(seed=2, subject=3, camera=2, n_actions=6, interactions=True, **TINY)
     assert rec.num_bodies == 2 and rec.tracked.mean() > 0.9

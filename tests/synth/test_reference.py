@@ -77,6 +77,7 @@ def test_classification_writes_a_reference_for_every_sample(tmp_path):
     assert sorted(p.stem for p in (out / "reference").iterdir()) == names
 
 
+@pytest.mark.slow  # 0.4 CPU s
 def test_detection_references_can_be_written_alone_for_an_older_tree(tmp_path, capsys):
     out = tmp_path / "pku"
     argv = ["detection", "--out", str(out), "--videos", "2", "--actions", "1", "1", *TINY]

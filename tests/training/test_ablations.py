@@ -1,10 +1,14 @@
+import contextlib
 import json
+import sys
 from pathlib import Path
+from typing import IO
 
 import pytest
 
 from tests.helpers.caches import TINY, make_classification_cache, make_detection_cache
 from training import ablations
+from training import cli as training_cli
 from training.ablations import TABLES, Plan, mean_std, run_name
 from training.config import load_config
 
@@ -68,6 +72,13 @@ def test_missing_caches_are_a_clear_error(tmp_path, capsys):
     assert "is not a gd-prep cache" in capsys.readouterr().err
 
 
+def in_process(cmd: list[str], log: IO[str]) -> int:
+    """`ablations.run_command` for a `python -m training.cli ...` command, without the process."""
+    assert cmd[:3] == [sys.executable, "-m", "training.cli"], cmd
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        return training_cli.main(cmd[3:])
+
+
 @pytest.mark.slow
 def test_a_tiny_sweep_runs_summarizes_and_resumes(tmp_path, capsys, monkeypatch):
     # Table 4's first and last rows: no transfer, and transfer from the pre-training with PIs;
@@ -75,6 +86,11 @@ def test_a_tiny_sweep_runs_summarizes_and_resumes(tmp_path, capsys, monkeypatch)
     # which test_table4_rows_put_the_privileged_modalities_where_the_paper_does checks).
     two_rows = [TABLES["table4"][0], TABLES["table4"][-1]]
     monkeypatch.setitem(TABLES, "table4", two_rows)
+    # Each planned gd-train command through the CLI's own main, in this process: a process of
+    # its own would only add its start (torch's import: about 5 CPU s a command, 5 commands).
+    # One run at a time (--parallel 1), as the redirected output is this process's. gd-train's
+    # main in processes of its own: tests/training/test_ddp.py (under torchrun).
+    monkeypatch.setattr(ablations, "run_command", in_process)
     make_classification_cache(tmp_path / "cache" / "ntu")
     make_detection_cache(tmp_path / "cache" / "pku")
     modalities = ["source.modalities=[depth,flow,jjd]", "target.modalities=[depth,flow,jjd]"]
@@ -82,7 +98,8 @@ def test_a_tiny_sweep_runs_summarizes_and_resumes(tmp_path, capsys, monkeypatch)
     one_epoch = ["source.epochs=1", "source.uniform_epochs=0", "source.lr_steps=[]",
                  "target.epochs=1", "target.uniform_epochs=0"]  # fmt: skip
     argv = ["--caches", str(tmp_path), "--out", str(tmp_path / "sweep"), "--seeds", "3",
-            "--tables", "table4", "--target-mini", "1", "--plot", str(tmp_path / "t4.png"),
+            "--tables", "table4", "--target-mini", "1", "--parallel", "1",
+            "--plot", str(tmp_path / "t4.png"),
             "--set", *TINY, *modalities, *one_epoch]  # fmt: skip
     assert ablations.main(argv) == 0
     out = capsys.readouterr().out

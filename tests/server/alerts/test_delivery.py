@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 import httpx
 import pytest
 
-from server.events.delivery import WebhookDeliverer, backoff_s, message_id, retry_after_s
+from server.events.delivery import Deliverer, backoff_s, message_id, retry_after_s
 from server.events.rules import WebhookDestination
 from server.events.types import Delivery
 from tests.helpers.webhooks import POLL_S, SECRETS, T0, Clock, Receiver, deliver_all
@@ -199,7 +199,7 @@ def test_refused_connections_and_timeouts_are_retried():
 
         async def one_pass() -> int:
             async with httpx.AsyncClient() as client:
-                deliverer = WebhookDeliverer(outbox, hooks, client, clock, clock.sleep)
+                deliverer = Deliverer(outbox, hooks, client, clock, clock.sleep)
                 return await deliverer.deliver_due()
 
         assert asyncio.run(one_pass()) == 0
@@ -224,7 +224,7 @@ def test_a_failing_destination_holds_only_its_own_rows(receivers):
 
     async def one_pass() -> int:
         async with httpx.AsyncClient() as client:
-            deliverer = WebhookDeliverer(outbox, hooks, client, clock, clock.sleep)
+            deliverer = Deliverer(outbox, hooks, client, clock, clock.sleep)
             return await deliverer.deliver_due()
 
     assert asyncio.run(one_pass()) == 3
@@ -284,7 +284,7 @@ def test_a_row_is_not_attempted_when_the_attempt_could_outlast_the_outboxs_loan(
 
     async def one_pass() -> int:
         async with httpx.AsyncClient() as client:
-            return await WebhookDeliverer(outbox, {"nurses": hook}, client, clock).deliver_due()
+            return await Deliverer(outbox, {"nurses": hook}, client, clock).deliver_due()
 
     # each answer moves the clock 20 s on: the 4th could not finish inside the 60 s loan
     assert asyncio.run(one_pass()) == 3

@@ -391,3 +391,74 @@ def test_what_the_store_may_skip_follows_the_rules(rules):
     assert rules.destinations_for("kitchen", "staggering") == set()
     assert rules.destinations_for("corridor", "falling down") == {"pager"}
     assert rules.destinations_for("bed-1", "hand waving") == set()
+
+
+# --- MQTT destinations -----------------------------------------------------------------------
+
+MQTT = """\
+destinations:
+  ward-broker:
+    type: mqtt
+    host: 10.0.0.5
+    username: gd
+    password: hunter2-secret
+  tls-broker:
+    type: mqtt
+    host: broker.example
+    tls: true
+    qos: 2
+rules:
+  - name: falls
+    labels: ["falling down"]
+    destinations: [ward-broker, tls-broker]
+"""
+
+
+def test_mqtt_destinations_load_with_their_defaults(tmp_path):
+    rules = AlertRules.load(write(tmp_path, MQTT), LABELS)
+    ward, tls = rules.destinations["ward-broker"], rules.destinations["tls-broker"]
+    assert (ward.broker_port, ward.topic, ward.qos, ward.tls) == (1883, "gd/alerts", 1, False)
+    assert (ward.username, ward.password) == ("gd", "hunter2-secret")
+    assert (tls.broker_port, tls.qos, tls.username) == (8883, 2, None)
+    assert "hunter2" not in repr(rules.destinations)
+    assert rules.webhooks == {}
+
+
+def test_mqtt_problems_are_named_and_the_password_never_echoed(tmp_path):
+    text = (
+        MQTT.replace("    host: 10.0.0.5\n", "    retain: true\n")
+        .replace("password: hunter2-secret", "password: [hunter2-secret]")
+        .replace("qos: 2", "qos: 0")
+        .replace("tls: true", "tls: true\n    topic: gd/#")
+    )
+    path = tmp_path / "alerts.yaml"
+    found = problems(tmp_path, text)
+    ward = "destination 'ward-broker':"
+    assert found == [
+        # a missing field: the line where its destination's fields start
+        f"{path}:{text.splitlines().index('  ward-broker:') + 2}: {ward} host is required",
+        f"{path}:{line_of(text, 'retain')}: {ward} retain is not a known field (a typo?)",
+        f"{path}:{line_of(text, 'password')}: {ward} password must be a valid string",
+        f"{path}:{line_of(text, 'gd/#')}: destination 'tls-broker': topic must not contain "
+        "+ # or NUL, got 'gd/#'",
+        f"{path}:{line_of(text, 'qos: 0')}: destination 'tls-broker': qos must be 1 or 2 "
+        "(QoS 0 has no acknowledgement: no at-least-once), got 0",
+    ]
+    assert "hunter2" not in "\n".join(found)
+
+
+def test_an_mqtt_password_needs_its_user_and_a_ca_its_tls(tmp_path):
+    text = MQTT.replace("    username: gd\n", "").replace("tls: true", "ca_file: ca.pem")
+    path = tmp_path / "alerts.yaml"
+    assert problems(tmp_path, text) == [
+        f"{path}:{line_of(text, 'password')}: destination 'ward-broker': password needs a username",
+        f"{path}:{line_of(text, 'ca.pem')}: destination 'tls-broker': ca_file needs tls: true",
+    ]
+
+
+def test_an_unknown_destination_type_is_named(tmp_path):
+    text = MQTT.replace("type: mqtt\n    host: broker", "type: smtp\n    host: broker")
+    assert problems(tmp_path, text) == [
+        f"{tmp_path / 'alerts.yaml'}:{line_of(text, 'smtp')}: destination 'tls-broker': "
+        "type must be one of 'webhook', 'mqtt', got 'smtp'"
+    ]
