@@ -681,10 +681,15 @@ def summarize(arms: list[Arm]) -> str:
     return "\n".join([
         f"sustained streams, event path off: {[a.streams for a in off]}; "
         f"on: {[a.streams for a in on]}",
-        f"on/off: {ratio:.3f} ({100 * (1 - ratio):.1f} % fewer streams; target: at most 10 %)",
+        f"on/off: {ratio:.3f} ({_change(ratio)}; target: at most 10 % fewer)",
         f"server CPU per clip scored at the fixed count, ms: off {ms_off}, on {ms_on}; "
         f"means on/off {cost:.3f}",
     ])  # fmt: skip
+
+
+def _change(ratio: float) -> str:
+    """'8.3 % fewer streams' or '8.3 % more streams' (the arms' noise can favour either)."""
+    return f"{100 * abs(1 - ratio):.1f} % {'fewer' if ratio < 1 else 'more'} streams"
 
 
 # --- main ----------------------------------------------------------------------------------

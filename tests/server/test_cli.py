@@ -41,6 +41,12 @@ def test_tensorrt_without_it_is_a_clear_error(tiny_bundle, capsys):
 
 
 @pytest.mark.slow
+def _ctrl_c_works() -> None:
+    """In the child: SIGINT as a terminal gives it, even where the test runner was started with
+    it ignored (nohup, setsid in scripts), which Python would otherwise keep ignoring."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])  # SIGINT: Ctrl-C on make run
 def test_serves_from_the_command_line(tiny_bundle, tmp_path, stop):
     with socket.socket() as s:
@@ -53,6 +59,7 @@ def test_serves_from_the_command_line(tiny_bundle, tmp_path, stop):
         [sys.executable, "-m", "server.cli", "--model", str(tiny_bundle.root),
          "--port", str(port), "--tokens-file", str(tokens)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=_ctrl_c_works,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 240  # only against a hang: a loaded machine starts slowly
