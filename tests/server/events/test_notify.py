@@ -13,22 +13,16 @@ from core.wire import Hello
 from server.events.feed import Subscription
 from server.events.notify import CHANNEL
 from server.events.service import EventService
-from server.events.store import CameraRecord, Change, EventStore, database_url
+from server.events.store import CameraRecord, Change
 from server.events.types import EventRecord
+from tests.helpers.relayed import WAIT_S, two_services
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 MODEL = {"name": "tiny", "version": "1"}
-WAIT_S = 10.0  # for what the database passes on at once (a generous ceiling, not a window)
 
 
 def record(event_id: str) -> EventRecord:
     return EventRecord(event_id, "door", "fall", 1, 0.8, T0, None, "tiny", "1")
-
-
-async def listening(*services: EventService) -> None:
-    async with asyncio.timeout(WAIT_S):
-        while not all(s.relay is not None and s.relay.listening.is_set() for s in services):
-            await asyncio.sleep(0.01)
 
 
 async def next_item(sub: Subscription):
@@ -37,23 +31,6 @@ async def next_item(sub: Subscription):
 
 def queued(sub: Subscription) -> list:
     return [sub.queue.get_nowait() for _ in range(sub.queue.qsize())]
-
-
-def two_services(postgres, body) -> None:
-    url = database_url(postgres.empty_database())
-
-    async def main() -> None:
-        a, b = (EventService(EventStore.open(url), 30, lambda: T0) for _ in range(2))
-        a.start()
-        b.start()
-        try:
-            await listening(a, b)
-            await body(a, b, url)
-        finally:
-            await a.stop()
-            await b.stop()
-
-    asyncio.run(main())
 
 
 def test_changes_reach_the_other_servers_feed_and_are_not_echoed(postgres):
@@ -75,7 +52,7 @@ def test_changes_reach_the_other_servers_feed_and_are_not_echoed(postgres):
             assert [await next_item(fed_a) for _ in range(3)] == [camera, started, reviewed]
             assert queued(fed_a) == [] and queued(fed_b) == []
 
-    two_services(postgres, body)
+    two_services(postgres, body, clock=lambda: lambda: T0)
 
 
 BOGUS = (
@@ -97,4 +74,4 @@ def test_a_notice_it_cannot_read_is_skipped(postgres):
             assert await next_item(fed_b) == started  # the listener lived on
             assert isinstance(started, Change)
 
-    two_services(postgres, body)
+    two_services(postgres, body, clock=lambda: lambda: T0)

@@ -14,12 +14,12 @@ import numpy as np
 
 from server.events.references import Reference
 from server.events.service import EventService
-from server.events.store import EventStore, ReferenceRecord, database_url
+from server.events.store import EventStore, ReferenceRecord
 from tests.helpers.crop_bundle import empty_wall
 from tests.helpers.live import png
+from tests.helpers.relayed import two_services, until
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-WAIT_S = 10.0  # a ceiling for what the database passes on at once, never a window asserted
 NEVER_S = 3600.0  # a safety net that does not run during a test
 CAMERA = "ward/bed-1"
 
@@ -28,15 +28,6 @@ def ticking() -> Callable[[], datetime]:
     """A clock one second later at each call: each put gets its own `updated_at`."""
     seconds = count()
     return lambda: T0 + timedelta(seconds=next(seconds))
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    try:
-        async with asyncio.timeout(WAIT_S):
-            while not condition():
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(what) from None
 
 
 def same(reference: Reference | None, image: np.ndarray, updated_at: datetime) -> bool:
@@ -48,25 +39,16 @@ def same(reference: Reference | None, image: np.ndarray, updated_at: datetime) -
     )
 
 
-def two_services(postgres, body, sync_every_s: float) -> None:
-    """Run `body(a, b, url)` with two started services on one emptied database, each with the
+def relayed(postgres, body, sync_every_s: float) -> None:
+    """Run `body(a, b, url)` with two started services, each with a ticking clock and the
     safety net every `sync_every_s`."""
-    url = database_url(postgres.empty_database())
 
-    async def main() -> None:
-        a, b = (EventService(EventStore.open(url), 30, ticking()) for _ in range(2))
+    async def checked(a: EventService, b: EventService, url: str) -> None:
         for service in (a, b):
-            assert service.relay is not None and service.relay.references is service.references
-            service.relay.sync_every_s = sync_every_s  # before `start`, which uses it
-            service.start()
-        try:
-            await until(lambda: a.relay.listening.is_set() and b.relay.listening.is_set(), "LISTEN")
-            await body(a, b, url)
-        finally:
-            await a.stop()
-            await b.stop()
+            assert service.relay.references is service.references  # the relay mirrors them
+        await body(a, b, url)
 
-    asyncio.run(main())
+    two_services(postgres, checked, clock=ticking, sync_every_s=sync_every_s)
 
 
 def test_a_put_and_a_delete_reach_the_other_server_by_notice(postgres):
@@ -89,7 +71,7 @@ def test_a_put_and_a_delete_reach_the_other_server_by_notice(postgres):
         assert await b.references.delete(CAMERA) is False  # the store has none either
         assert same(b.references.get("cam-b"), wall, own.updated_at)  # the others stay
 
-    two_services(postgres, body, sync_every_s=NEVER_S)
+    relayed(postgres, body, sync_every_s=NEVER_S)
 
 
 def test_the_safety_net_alone_catches_up_with_changes_no_notice_told(postgres):
@@ -118,4 +100,4 @@ def test_the_safety_net_alone_catches_up_with_changes_no_notice_told(postgres):
         finally:
             elsewhere.close()
 
-    two_services(postgres, body, sync_every_s=0.05)
+    relayed(postgres, body, sync_every_s=0.05)
