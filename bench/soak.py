@@ -6,11 +6,12 @@
 
 A real `gd-serve` subprocess (bench/streams.py's `start`) serves the bundle. N healthy cameras
 stream at real-time pace (the model's own size and rate, frames from bench/streams.py's
-`make_frames`) for the whole run. The run has three phases: *baseline* (the first 10%: healthy
-streams only), *hostile* (70%: hostile uploads from the fuzz corpus tests/fuzz/corpus/,
-including recordings that hang librealsense and fresh byte-flipped recordings, and hostile
-streams: deep JSON, oversized and truncated frames, timestamp jumps, garbage, idle clients,
-at the set rates) and *recovery* (the last 20%: healthy only again).
+`make_frames`) for the whole run. The run, timed from when every healthy stream is connected,
+has three phases: *baseline* (the first 10%: healthy streams only), *hostile* (70%: hostile
+uploads from the fuzz corpus tests/fuzz/corpus/, including recordings that hang librealsense
+and fresh byte-flipped recordings, and hostile streams: deep JSON, oversized and truncated
+frames, timestamp jumps, garbage, idle clients, at the set rates) and *recovery* (the last
+20%: healthy only again).
 
 Reported: the server's RSS over time (the server process and its children, from /proc:
 baseline, peak, final; it must level off and come back near the baseline), dropped frames and
@@ -33,6 +34,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -45,6 +47,9 @@ from core.clip import ClipSpec, num_clips  # noqa: E402
 from core.wire import HEADER  # noqa: E402
 from tests.fuzz import corpus  # noqa: E402
 from tests.fuzz.harness import CLOSE_CODES, descendants, proc_status, reap  # noqa: E402
+
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
 
 PHASES = (("baseline", 0.10), ("hostile", 0.70), ("recovery", 0.20))
 MiB = 1 << 20
@@ -69,7 +74,7 @@ class Soak:
     http: str
     ws: str
     pid: int
-    phase_ends: list[tuple[str, float]]  # monotonic end of each phase
+    phase_ends: list[tuple[str, float]] = field(default_factory=list)  # monotonic, from start()
     healthy: Healthy = field(default_factory=Healthy)
     # (seconds since start, RSS of the server process, of it and its children) in bytes
     rss: list[tuple[float, int, int]] = field(default_factory=list)
@@ -81,6 +86,14 @@ class Soak:
     # the soak's own event loop running late: a healthy stream's gap this long is the client's
     loop_lag_s: float = 0.0
     t0: float = field(default_factory=time.monotonic)
+
+    def start(self, total_s: float) -> None:
+        """The run's clock starts now (its healthy streams connected): the phases' ends."""
+        self.t0 = at = time.monotonic()
+        self.phase_ends = []
+        for name, share in PHASES:
+            at += share * total_s
+            self.phase_ends.append((name, at))
 
     def phase(self, now: float | None = None) -> str:
         now = time.monotonic() if now is None else now
@@ -95,11 +108,11 @@ def tree_rss(pid: int) -> int:
 # --- the healthy streams -------------------------------------------------------------------
 
 
-async def healthy_stream(soak: Soak, i: int, n: int, spec: ClipSpec, frames) -> None:
-    """Camera `i` of `n`, its start offset by i/n of a clip (cameras are not synchronized)."""
+async def connect_healthy(soak: Soak, i: int, frames) -> ClientConnection:
+    """Camera `i`'s connection, its hello answered (`ready`)."""
     from websockets.asyncio.client import connect
 
-    payloads, fps, h, w = frames
+    _, fps, h, w = frames
     hello = {
         "type": "hello",
         "protocol": 1,
@@ -110,12 +123,22 @@ async def healthy_stream(soak: Soak, i: int, n: int, spec: ClipSpec, frames) -> 
         "depth_units": 0.001,
         "encoding": "raw",
     }
+    ws = await connect(soak.ws, max_size=None, compression=None, open_timeout=30)
+    await ws.send(json.dumps(hello))
+    await ws.recv()  # ready
+    return ws
+
+
+async def healthy_stream(
+    soak: Soak, ws: ClientConnection, i: int, n: int, spec: ClipSpec, frames
+) -> None:
+    """Camera `i` of `n` on its connection `ws`, its first frame offset by i/n of a clip
+    (cameras are not synchronized)."""
+    payloads, fps, _, _ = frames
     stats, loop = soak.healthy, asyncio.get_running_loop()
     end = soak.phase_ends[-1][1]
-    await asyncio.sleep(i / n * spec.clip_step / spec.kept_fps)
-    async with connect(soak.ws, max_size=None, compression=None, open_timeout=30) as ws:
-        await ws.send(json.dumps(hello))
-        await ws.recv()  # ready
+    async with ws:
+        await asyncio.sleep(i / n * spec.clip_step / spec.kept_fps)
         last = time.monotonic()
         ended = False
 
@@ -365,13 +388,13 @@ def report(soak: Soak, args, spec: ClipSpec) -> None:
 
 
 def plot(soak: Soak, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a Figure of its own, not pyplot's: no global backend or figure registry to leave behind
+    # in a process that calls main() (the test), and no GUI backend looked for
+    from matplotlib.figure import Figure
 
     samples = np.array(soak.rss, dtype=float)
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig = Figure(figsize=(8, 3.5))
+    ax = fig.subplots()
     ax.plot(samples[:, 0] / 60, samples[:, 2] / MiB, lw=1, label="server + decoders")
     ax.plot(samples[:, 0] / 60, samples[:, 1] / MiB, lw=1, label="server")
     start = 0.0
@@ -391,40 +414,38 @@ def plot(soak: Soak, path: Path) -> None:
 
 async def run(soak: Soak, args, spec: ClipSpec, uploads) -> None:
     frames = make_frames(spec, "reduced")
+    # the phases start once every healthy stream is connected, however long the server took
+    sockets = await asyncio.gather(*(connect_healthy(soak, i, frames) for i in range(args.streams)))
+    soak.start(60 * args.minutes)
     await asyncio.gather(
         probes(soak),
         loop_lag(soak),
         hostile_load(soak, spec, uploads, args.uploads_per_minute, args.streams_per_minute),
-        *(healthy_stream(soak, i, args.streams, spec, frames) for i in range(args.streams)),
+        *(healthy_stream(soak, ws, i, len(sockets), spec, frames) for i, ws in enumerate(sockets)),
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--minutes", type=float, default=30.0, help="length of the whole run")
     p.add_argument("--streams", type=int, default=4, help="healthy streams")
-    p.add_argument("--model", type=Path, default=ROOT / "models" / "default")
-    p.add_argument("--uploads-per-minute", type=float, default=60.0)
-    p.add_argument("--streams-per-minute", type=float, default=30.0)
+    p.add_argument("--model", type=Path, default=ROOT / "models" / "default",
+                   help="the bundle gd-serve runs (default: models/default)")  # fmt: skip
+    p.add_argument("--uploads-per-minute", type=float, default=60.0,
+                   help="hostile uploads sent during the hostile phase")  # fmt: skip
+    p.add_argument("--streams-per-minute", type=float, default=30.0,
+                   help="hostile WebSocket streams opened during the hostile phase")  # fmt: skip
     p.add_argument("--plot", type=Path, help="write a PNG of the server's memory over time")
     args = p.parse_args(argv)
     spec = load_bundle(args.model).clip
     with tempfile.TemporaryDirectory() as tmp:
         uploads = hostile_uploads(Path(tmp))
-        os.environ["GD_SPOOL_DIR"] = tmp  # the server's spool: checked empty at the end
-        server = start("gd-serve", args.model)
+        # the server's spool (checked empty at the end), given to the server alone: this
+        # process's environment stays as it was
+        server = start("gd-serve", args.model, env_extra={"GD_SPOOL_DIR": tmp})
         try:
-            t0, total = time.monotonic(), 60 * args.minutes
-            ends, at = [], t0 + 2.0  # 2 s for the streams to connect before the baseline
-            for name, share in PHASES:
-                at += share * total
-                ends.append((name, at))
-            soak = Soak(
-                server.url.replace("ws://", "http://").split("/v1/")[0],
-                server.url,
-                server.proc.pid,
-                ends,
-            )
+            http = server.url.replace("ws://", "http://").split("/v1/")[0]
+            soak = Soak(http, server.url, server.proc.pid)
             asyncio.run(run(soak, args, spec, uploads))
             if server.proc.poll() is not None:
                 soak.failures.append(f"the server exited with {server.proc.returncode}")

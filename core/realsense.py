@@ -22,6 +22,7 @@ MM_PER_METRE = 1000.0
 DEPTH, COLOR = "depth", "color"  # the streams read and written: z16 depth, rgb8 colour
 BYTES_PER_PIXEL = {DEPTH: 2, COLOR: 3}
 KINDS = {DEPTH: "z16 depth", COLOR: "rgb8 colour"}  # for messages
+STOP_WAIT_S = 2.0  # for playback to say it stopped after `sensor.stop()`
 
 
 class RealSenseError(ValueError):
@@ -133,8 +134,11 @@ def play(
             failed.append(e)
             done.set()
 
+    stopped = threading.Event()
+
     def on_status(status) -> None:
         if status == rs.playback_status.stopped:
+            stopped.set()
             done.set()
 
     playback.set_status_changed_callback(on_status)
@@ -145,6 +149,10 @@ def play(
     finally:
         sensor.stop()
         sensor.close()
+        # Playback goes on delivering on its own thread for a moment after an early stop;
+        # releasing the device before it says it stopped crashed the process now and then
+        # (a segfault in librealsense, under load).
+        stopped.wait(STOP_WAIT_S)
     if failed:
         raise failed[0]
     if too_many.is_set():

@@ -19,6 +19,7 @@ probabilities on real clips to within `PARITY_TOLERANCE`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import shutil
@@ -33,6 +34,7 @@ import numpy as np
 import onnx
 import torch
 from torch import nn
+from torch.onnx._internal.exporter import _registration
 
 from core.bundle import (
     MODEL_JSON,
@@ -117,7 +119,7 @@ def _export(
     """Export with the named leading axes dynamic in the input and the output."""
     axes = {i: torch.export.Dim(name, min=1) for i, name in enumerate(dynamic)}
     # The exporter prints progress and warns about torch internals; neither helps a user.
-    with _quiet(), torch.no_grad():
+    with _quiet(), _one_registry(), torch.no_grad():
         program = torch.onnx.export(
             module,
             (example,),
@@ -139,6 +141,30 @@ def _export(
     del model.graph.value_info[:]  # intermediate shapes carry the same stale sizes
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     onnx.save(strip_stack_traces(model), path)
+
+
+_FROM_TORCHLIB = _registration.ONNXRegistry.__dict__["from_torchlib"]  # the classmethod
+
+
+@functools.cache
+def _registry(opset_version: int = OPSET) -> _registration.ONNXRegistry:
+    return _FROM_TORCHLIB.__get__(None, _registration.ONNXRegistry)(opset_version=opset_version)
+
+
+@contextlib.contextmanager
+def _one_registry() -> Iterator[None]:
+    """The exporter's table of ONNX functions, built once a process instead of once an export.
+
+    `torch.onnx.export` builds it on every call (a second of CPU, a third of what exporting
+    the tiny test model costs once the exporter is warm) and only reads it when no custom
+    translation table is given (torch 2.13, `torch/onnx/_internal/exporter/_compat.py`). A
+    bundle is two exports, and `gd-train finetune --export` and the tests export more."""
+    cls = _registration.ONNXRegistry
+    cls.from_torchlib = staticmethod(_registry)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        cls.from_torchlib = _FROM_TORCHLIB  # type: ignore[method-assign]
 
 
 STACK_TRACE = "pkg.torch.onnx.stack_trace"

@@ -11,9 +11,12 @@ SIGHUP reloads the configured model bundle without a restart (server/service.py,
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import signal
+import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -96,6 +99,20 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
     return config
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, with `before_shutdown` run as soon as a shutdown starts (the recording
+    decoders' stop: an upload waiting on one is answered 503 `shutting_down` at once, where
+    uvicorn would wait out its graceful-shutdown time and then cut it off with a 500)."""
+
+    def __init__(self, config: uvicorn.Config, before_shutdown: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.before_shutdown = before_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await asyncio.to_thread(self.before_shutdown)
+        await super().shutdown(sockets)
+
+
 def _check_score_delay(delay: int, spec: ClipSpec) -> None:
     from server.stream import check_score_delay  # imported with the app, after logging
 
@@ -125,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     # handler runs on the main thread, the event loop's, and only schedules the reload there.
     signal.signal(signal.SIGHUP, lambda signum, frame: service.reload_from_signal())
     try:
-        uvicorn.Server(uvicorn_config(app, settings)).run()
+        _Server(uvicorn_config(app, settings), service.recordings.stop).run()
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown: no traceback
         return 130  # the shell's status for "stopped by SIGINT"
     return 0

@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 
 import httpx
 import numpy as np
@@ -57,10 +58,16 @@ async def store_reference(url: str, token: str | None, reference: np.ndarray) ->
 
 
 async def stream_scene(
-    url: str, token: str | None, frames: np.ndarray, encoding: str, truth: TruthCheck | None = None
+    url: str,
+    token: str | None,
+    frames: np.ndarray,
+    encoding: str,
+    truth: TruthCheck | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> int:
-    """Stream one scene in real time and log its events, each detection beside the true action
-    it overlaps when `truth` holds the scene's actions; returns the number of actions."""
+    """Stream one scene in real time (as `clock` tells it) and log its events, each detection
+    beside the true action it overlaps when `truth` holds the scene's actions; returns the
+    number of actions."""
     hello = Hello(CAMERA_ID, frames.shape[2], frames.shape[1], FPS, encoding=encoding, token=token)
     actions = 0
     async with websockets.connect(url, max_size=None) as ws:
@@ -70,9 +77,9 @@ async def stream_scene(
             raise RuntimeError(f"demo stream refused: {ready}")
 
         async def send() -> None:
-            start = time.monotonic()
+            start = clock()
             for i, frame in enumerate(frames):
-                await asyncio.sleep(max(0.0, start + i / FPS - time.monotonic()))
+                await asyncio.sleep(max(0.0, start + i / FPS - clock()))
                 await ws.send(pack_frame(round(i * 1e6 / FPS), i, frame, encoding))
             await ws.send(json.dumps({"type": "end"}))
 

@@ -9,32 +9,47 @@ from importlib.abc import MetaPathFinder
 import pytest
 
 # the retraining fixtures (a tiny site, its cache, a starting bundle, that bundle fine-tuned):
-# tests/helpers/retraining.py; headless Chromium and a page in it: tests/helpers/browser.py
-pytest_plugins = ["tests.helpers.retraining", "tests.helpers.browser"]
+# tests/helpers/retraining.py; headless Chromium and a page in it: tests/helpers/browser.py;
+# `--timeline DIR`, when each test ran and its CPU seconds: tests/helpers/timeline.py
+pytest_plugins = ["tests.helpers.retraining", "tests.helpers.browser", "tests.helpers.timeline"]
 
 # Modules that share an expensive session fixture (one export, one gd-serve, one tiny site):
 # under `make test` (pytest-xdist) they run on one worker, so it is built once, not once a worker.
+# The modules that run the dynamo ONNX exporter are one group too: a process's first export
+# costs about 6 CPU s more than the next (the exporter's imports and caches warming up), and
+# on one worker only that worker pays it.
 SHARED_FIXTURE_GROUPS = {
-    "tests/export/": "export",  # `made`: one `gd-export onnx` run (tests/export/conftest.py)
+    "tests/export/": "exporting",  # `made`: one `gd-export onnx` run (tests/export/conftest.py)
+    "tests/training/test_finetune.py": "exporting",  # the site, its cache, bundle, fine-tuning
+    "tests/e2e/test_retraining.py": "exporting",  # (tests/helpers/retraining.py)
+    "tests/e2e/test_preprocessing_parity.py": "exporting",  # gd-export of a non-square model
     "tests/fuzz/": "fuzz",  # one gd-serve subprocess and the run's figures
-    "tests/training/test_finetune.py": "retraining",  # the site, its cache, bundle, fine-tuning
-    "tests/e2e/test_retraining.py": "retraining",  # (tests/helpers/retraining.py)
 }
 
-# The heaviest work units (20 to 40 CPU-s each), started first: packed longest-first, the two
-# workers finish together instead of one finishing a 40-second module alone at the end
-# (docs/testing.md, "The suite's time"). Everything else keeps its collection order.
+# The longest work units, longest first (wall seconds under `make test`, measured with
+# `--timeline=DIR` and bench/suite_timeline.py; much of it waiting on real time: streams,
+# servers starting), handed out first: packed longest-first, the workers finish together instead
+# of one running a 20-second unit alone at the end (docs/testing.md, "The suite's time").
+# Everything else keeps its collection order.
 HEAVY_FIRST = (
-    "retraining",
-    "export",
-    "tests/e2e/test_preprocessing_parity.py",
-    "tests/training/test_ddp.py",
+    "exporting",
     "tests/e2e/test_live_accuracy.py",
+    "tests/training/test_ddp.py",
     "fuzz",
     "tests/e2e/test_quickstart.py",
-    "tests/training/test_cli.py",
+    "tests/server/events/test_faults.py",
+    "tests/training/test_trainer.py",
+    "tests/bench/test_streams.py",
+    "tests/server/test_stream.py",
     "tests/bench/test_soak.py",
-    "tests/training/test_ablations.py",
+    "tests/e2e/test_clients_e2e.py",
+    "tests/test_docker.py",
+    "tests/training/test_recordings.py",
+    "tests/server/dashboard/test_browser.py",
+    "tests/training/test_cli.py",
+    "tests/server/alerts/test_kill9.py",
+    "tests/server/test_hostile_uploads.py",
+    "tests/synth/test_cli.py",
 )
 
 
@@ -53,6 +68,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
     if config.getvalue("dist") != "load":
         return None  # another --dist asked for explicitly
     from xdist.scheduler import LoadFileScheduling
+
+    # xdist reorders the units by their number of tests unless told not to: ours are in the
+    # order pytest_collection_modifyitems gives them (HEAVY_FIRST)
+    config.option.loadscopereorder = False
 
     class ModuleGroups(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:

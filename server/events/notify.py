@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from itertools import count
 from typing import Any, Protocol, get_args
 
-import psycopg
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -188,6 +187,8 @@ class FeedRelay:
 
     async def _listen(self) -> None:
         """LISTEN on a connection of its own, connecting again (backing off) when it breaks."""
+        import psycopg  # PostgreSQL's driver: a server on SQLite never loads it (0.2 s a start)
+
         wait, lost = self.reconnect_s, False
         while True:
             try:

@@ -5,27 +5,23 @@ docs/results.md, "The event path's cost".)"""
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 
-from tests.fuzz.harness import ROOT
-
 
 @pytest.mark.slow
-def test_the_event_path_mode_serves_both_arms_and_reports(tmp_path):
+def test_the_event_path_mode_serves_both_arms_and_reports(tmp_path, capsys):
+    from bench import streams
     from tests.helpers.tiny_bundle import make_bundle
 
     bundle = make_bundle(tmp_path / "tiny")
-    run = subprocess.run(
-        [sys.executable, "bench/streams.py", "--event-path", "--model", str(bundle.root),
-         "--rounds", "1", "--counts", "2", "--cost-streams", "2", "--seconds", "1",
-         "--warmup", "0.5", "--store-calls", "2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    # in this process (the servers and the receiver are its subprocesses): no second interpreter
+    code = streams.main(
+        ["--event-path", "--model", str(bundle.root), "--rounds", "1", "--counts", "2",
+         "--cost-streams", "2", "--seconds", "1", "--warmup", "0.5", "--store-calls", "2"]
     )  # fmt: skip
-    assert run.returncode == 0, run.stdout + run.stderr
-    out = run.stdout
+    out = capsys.readouterr().out
+    assert code == 0, out
     rows = [line.split() for line in out.splitlines() if line.startswith("events-")]
     # each arm: the fixed-count step only (the grid is that count: no bisection)
     assert [(r[0], r[2]) for r in rows] == [("events-off", "2"), ("events-on", "2")]

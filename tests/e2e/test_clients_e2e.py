@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import json
 import os
-import queue
 import socket
 import subprocess
 import sys
@@ -215,12 +214,13 @@ def test_synthetic_scene(server, capsys):
     assert events[-1]["clips"] == sum(e["type"] == "scores" for e in events) > 0
 
 
-def test_gives_up_when_no_server_answers(capsys):
+def test_gives_up_when_no_server_answers(tmp_path, capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
+    np.save(tmp_path / "clip.npy", FRAMES[:12])  # any source: a file's is ready at once
     code, events, err = run_stream(
-        capsys, "synth", "--actions", "1", "--width", "32", "--height", "32", "--fast", "--url",
+        capsys, "file", str(tmp_path / "clip.npy"), "--fps", "30", "--fast", "--url",
         f"ws://127.0.0.1:{port}/v1/stream", "--retries", "2", "--backoff", "0.01",
     )  # fmt: skip
     assert code == 1
@@ -237,6 +237,7 @@ class PortServer:
 
     def __init__(self, settings, port: int) -> None:
         app = create_app(settings)
+        self.service = app.state.service
         config = uvicorn_config(
             app, settings, host="127.0.0.1", port=port, log_level="warning",
             timeout_graceful_shutdown=1,
@@ -254,38 +255,34 @@ class PortServer:
         self.thread.join(10)
 
 
-def test_reconnects_after_a_server_restart_and_resumes_the_file(test_settings, recording):
+def test_reconnects_after_a_server_restart_and_resumes_the_file(test_settings, recording, capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     first = PortServer(test_settings, port)
     # 5 s of frames at 3x speed: about 1.7 s, time enough to restart the server in the middle.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "clients.stream", "file", str(recording), "--speed", "3", "--json",
-         "--url", f"ws://127.0.0.1:{port}/v1/stream", "--token", TOKEN, "--backoff", "0.05",
-         "--retries", "40"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    lines: queue.Queue = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True)
-    reader.start()
-    events, second = [], None
+    # gd-stream runs in this process, on a thread of its own (its output: capsys).
+    argv = ["file", str(recording), "--speed", "3", "--json", "--url",
+            f"ws://127.0.0.1:{port}/v1/stream", "--token", TOKEN, "--backoff", "0.05",
+            "--retries", "40"]  # fmt: skip
+    exits: list[int] = []
+    client = threading.Thread(target=lambda: exits.append(stream.main(argv)), daemon=True)
+    client.start()
+    second = None
     try:
-        while True:
-            events.append(json.loads(lines.get(timeout=20)))
-            if events[-1]["type"] == "scores" and events[-1]["clip"] == 2:
-                first.stop()  # mid-stream: 3 of 12 clips scored
-                second = PortServer(test_settings, port)
-                break
-        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+        scored, deadline = first.service.metrics.clips, time.monotonic() + 20
+        while scored._value.get() < 3:  # mid-stream: 3 of 12 clips scored
+            assert client.is_alive() and time.monotonic() < deadline, capsys.readouterr()
+            time.sleep(0.01)
+        first.stop()
+        second = PortServer(test_settings, port)
+        client.join(30)
+        assert exits == [0], capsys.readouterr().err
     finally:
-        proc.kill()
         first.stop()
         if second is not None:
             second.stop()
-    reader.join(5)
-    while not lines.empty():
-        events.append(json.loads(lines.get_nowait()))
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     kinds = [e["type"] for e in events]
     assert kinds.count("ready") == 2 and "reconnecting" in kinds and kinds[-1] == "end"
     cut = len(kinds) - 1 - kinds[::-1].index("ready")

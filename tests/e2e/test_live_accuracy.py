@@ -139,11 +139,14 @@ def test_score_delay_is_refused_clearly_or_accepted(capsys):
 
 # --- a tiny run, end to end ----------------------------------------------------------------
 
-TINY_VIDEOS = {  # name -> near objects (first frame, end frame exclusive, area), 120 frames
-    "0002-L": ((24, 72, 0.15),),
-    "0002-M": ((12, 48, 0.5), (72, 108, 0.15)),
+# name -> near objects (first frame, end frame exclusive, area) in videos of 5 clips (60 frames,
+# 2 s a stream): every action on clip bounds, between clips of background, so each one has its
+# start and end event; more clips than a window (4), so the windows move.
+TINY_VIDEOS = {
+    "0002-L": ((24, 48, 0.15),),
+    "0002-M": ((12, 24, 0.5), (36, 48, 0.15)),
 }
-N_FRAMES = 120
+N_FRAMES = 60
 
 
 @pytest.fixture(scope="module")

@@ -131,7 +131,8 @@ def test_a_non_square_cropping_model_goes_from_gd_synth_to_the_server(tmp_path, 
     from training.prep import main as gd_prep
 
     data, cache, bundle = tmp_path / "data" / "pku", tmp_path / "cache" / "pku", tmp_path / "b"
-    assert gd_synth(["detection", "--out", str(data), "--videos", "6", "--actions", "2", "2",
+    # four videos: a session's three views (training subject) and one of a test subject's
+    assert gd_synth(["detection", "--out", str(data), "--videos", "4", "--actions", "1", "1",
                      "--camera", "d435-vga", "--camera-scale", "0.05", "--modalities", "depth",
                      "--workers", "1"]) == 0  # fmt: skip
     assert gd_prep(["--dataset", "pku", "--root", str(data), "--out", str(cache),
@@ -150,7 +151,7 @@ def test_a_non_square_cropping_model_goes_from_gd_synth_to_the_server(tmp_path, 
     assert (clip["height"], clip["width"], clip["fit"]) == (16, 24, "crop")
 
     frames = np.stack([cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-                       for p in sorted((data / "depth" / "0002-M").glob("*.png"))])  # fmt: skip
+                       for p in sorted((data / "depth" / "0002-L").glob("*.png"))])  # fmt: skip
     assert frames.shape[1:] == (24, 32)
     server = live.LiveServer(dataclasses.replace(test_settings, model=bundle))
     try:

@@ -23,7 +23,7 @@ import pytest
 
 from core.truth import TrueAction, TruthCheck
 from server import demo
-from tests.helpers.live import TOKEN
+from tests.helpers.live import TOKEN, FrameClock
 from tests.helpers.tiny_bundle import scene
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ def gd_serve():
                 break
             except OSError:
                 assert proc.poll() is None, proc.stderr.read()
-                time.sleep(0.2)
+                time.sleep(0.05)
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -122,7 +122,10 @@ def test_demo_logs_the_truth_and_the_hit_rate(server, caplog):
     truth = TruthCheck()
     truth.add([TrueAction("small", 0.8, 2.4), TrueAction("falling down", 3.2, 4.4)])
     with caplog.at_level(logging.INFO, logger="gd.demo"):
-        actions = asyncio.run(demo.stream_scene(server.ws_url, TOKEN, frames, "zstd", truth))
+        clock = FrameClock(demo.FPS).monotonic  # its 5 s pass without waiting
+        actions = asyncio.run(
+            demo.stream_scene(server.ws_url, TOKEN, frames, "zstd", truth, clock=clock)
+        )
     assert actions == 2
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [

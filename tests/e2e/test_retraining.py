@@ -6,8 +6,9 @@ loopback serving the starting bundle, `POST /v1/admin/reload` to the fine-tuned 
 recording streamed by `gd-stream file` over the real WebSocket, scored by the new model.
 
 The recordings, the cache, the starting bundle and its fine-tuning are the fixtures of
-tests/helpers/retraining.py, shared with tests/training/test_finetune.py; the reload request
-is tests/server/test_reload.py's."""
+tests/helpers/retraining.py, shared with tests/training/test_finetune.py (the starting bundle's
+weights.pt is gd-export's, its encoders hand-made ONNX: the fine-tuned bundle is the one gd-export
+writes whole); the reload request is tests/server/test_reload.py's."""
 
 import dataclasses
 import json

@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from torch.onnx._internal.exporter._registration import ONNXRegistry
 
 from core.bundle import (
     BundleError,
@@ -17,6 +18,7 @@ from core.bundle import (
     sha256_file,
     write_bundle_json,
 )
+from export import onnx as onnx_export
 from export.card import main as write_card
 from export.cli import main, trained_threshold
 from export.evaluate import CacheClips
@@ -60,6 +62,16 @@ def test_cli_writes_a_complete_bundle(made):
     assert set(test["map_action"]) == {"0.1", "0.3", "0.5"} and test["videos"] == 2
     assert all(0.0 <= v <= 1.0 for v in test["map_action"].values())
     assert bundle.clip == SPEC and bundle.classes == tuple(CLASSES)
+
+
+@pytest.mark.slow
+def test_one_registry_serves_every_export_of_a_process(made):
+    """A bundle is two exports: the exporter's registry of ONNX functions is built for the
+    first and reused by the second (export.onnx._one_registry), and torch's own builder is
+    back in place after each export."""
+    assert made[2].exists()  # the two encoders exported in this process
+    assert onnx_export._registry.cache_info().hits >= 1
+    assert ONNXRegistry.__dict__["from_torchlib"] is onnx_export._FROM_TORCHLIB
 
 
 @pytest.mark.slow

@@ -35,6 +35,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 from server.settings import MiB, Settings
+from tests.fuzz.healthy import write_stream
 from tests.helpers.live import TOKEN, hello, run_stream
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,9 +99,24 @@ def server_settings(bundle: Path, spool: Path) -> Settings:
         spool_dir=spool,
         max_gap_s=2.0,  # MAX_CLIPS_PER_FRAME follows from it
         max_upload_upsample=4,
-        decode_timeout_s=5.0,  # a hostile recording is killed well before REQUEST_TIMEOUT_S
+        # A hostile recording is killed well before REQUEST_TIMEOUT_S, and soon: a frozen
+        # decoder spins a core until then. Long enough for the freezing corpus file to hang
+        # in librealsense first (its decoder got there 0.6-1.6 s after the upload under a
+        # load of 8 on 2 cores) and for a valid 40-frame seed to decode (0.8-1.3 s).
+        decode_timeout_s=3.0,
         log_level="info",  # the access log is checked for leaked tokens
     )
+
+
+# Left in the fuzz server's spool before it starts, as a server killed mid-decode leaves its
+# files: the start must remove those and leave anyone else's (test_regressions.py).
+STALE_SPOOL_FILE = "gd-upload-stale1234.db3"
+OTHERS_SPOOL_FILE = "someone-elses-file.txt"
+
+
+def leave_stale_spool_files(spool: Path) -> None:
+    (spool / STALE_SPOOL_FILE).write_bytes(b"a recording being decoded when its server died")
+    (spool / OTHERS_SPOOL_FILE).write_text("keep")
 
 
 def settings_env(s: Settings) -> dict[str, str]:
@@ -162,7 +178,7 @@ def reap(pids: list[int], grace_s: float = 5.0) -> list[int]:
     them to notice; not a speed requirement); returns them."""
     deadline = time.monotonic() + grace_s
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
+        time.sleep(0.02)  # a /proc read: cheap
     survivors = [p for p in pids if alive(p)]
     for p in survivors:
         os.kill(p, signal.SIGKILL)
@@ -453,12 +469,11 @@ class HealthyStream:
 
     def __init__(self, server: ServerProcess, figures_path: Path) -> None:
         self.path = figures_path
+        sent = figures_path.with_name("healthy-stream.npz")
+        write_stream(sent)
         env = {**os.environ, "PYTHONPATH": str(ROOT), "GD_FUZZ_TOKEN": TOKEN}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.fuzz.healthy", server.ws_url, str(figures_path)],
-            cwd=ROOT,
-            env=env,
-        )
+        command = ["-m", "tests.fuzz.healthy", server.ws_url, str(figures_path), str(sent)]
+        self.proc = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=env)
 
     def figures(self) -> dict[str, Any]:
         try:

@@ -5,7 +5,9 @@ The `browser` fixture skips, saying what to install, where either is missing."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,10 +18,17 @@ import pytest
 CHROMIUM = ("chromium-headless-shell", "chromium")
 ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update"]
 WAIT_MS = 20_000  # for what the page shows after the server stored it (1 s flushes, 2 s polls)
+APP_JS = Path(__file__).parents[2] / "server" / "dashboard" / "app.js"
 
 
 def chromium_path() -> str | None:
     return next((p for name in CHROMIUM if (p := shutil.which(name))), None)
+
+
+def every_ms(name: str) -> int:
+    """One of the page's poll periods, as server/dashboard/app.js sets it: a test that installs
+    Playwright's clock in the page runs the page's timers that far instead of waiting for them."""
+    return int(re.search(rf"^const {name} = (\d+);", APP_JS.read_text(), re.M).group(1))
 
 
 @pytest.fixture(scope="module")

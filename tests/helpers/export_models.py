@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-import subprocess
-import sys
+import io
 from pathlib import Path
 
 import torch
 
+from export.cli import main
 from tests.export import CLASSES, SPEC, make_cache, random_videos
 from training.checkpoint import Architecture, Checkpoint, build_network, save_checkpoint
 
@@ -37,15 +38,15 @@ def make_checkpoint(
 
 @functools.cache
 def exported(root: Path) -> tuple[Path, Path, Path]:
-    """(checkpoint, cache, bundle): the bundle written by the `gd-export onnx` command line,
-    once per test session (the export takes seconds)."""
+    """(checkpoint, cache, bundle): the bundle written by the `gd-export onnx` command line's
+    main, once per test session. In the test process, not one of its own: a new process adds
+    torch's import and the exporter's first use (about 9 CPU s) to an export of 6."""
     ckpt = make_checkpoint(root / "model.pt")
     cache = make_cache(root / "cache", random_videos())
     bundle = root / "bundle"
-    result = subprocess.run(
-        [sys.executable, "-m", "export.cli", "onnx", "--checkpoint", str(ckpt),
-         "--cache", str(cache), "--out", str(bundle), "--name", "tiny", "--threads", "1"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = main(["onnx", "--checkpoint", str(ckpt), "--cache", str(cache), "--out",
+                     str(bundle), "--name", "tiny", "--threads", "1"])  # fmt: skip
+    assert code == 0, err.getvalue()
     return ckpt, cache, bundle

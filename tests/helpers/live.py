@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import itertools
 import json
 import socket
 import threading
@@ -14,6 +16,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import uvicorn
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -59,10 +62,41 @@ class LiveServer:
         self.sock.close()
 
 
-def uvicorn_server(config):
-    import uvicorn
+class PromptServer(uvicorn.Server):
+    """uvicorn's server, which stops as soon as `should_exit` is set: uvicorn's own main loop
+    looks at it every 0.1 s, a wait every test's server stop would add. Its ticks (the date
+    header, the request limit) go on as uvicorn's do."""
 
-    server = uvicorn.Server(config)
+    _loop: asyncio.AbstractEventLoop | None = None
+    _wake: asyncio.Event | None = None
+
+    @property
+    def should_exit(self) -> bool:
+        return self._should_exit
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        self._should_exit = value  # first: a main loop not yet waiting sees it at its next tick
+        loop, wake = self._loop, self._wake
+        if value and loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has ended: nothing to wake
+                loop.call_soon_threadsafe(wake.set)
+
+    async def main_loop(self) -> None:
+        self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        counter = 0
+        try:
+            while not await self.on_tick(counter):
+                counter = (counter + 1) % 864000
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 0.1)
+        finally:
+            self._loop = None
+
+
+def uvicorn_server(config: uvicorn.Config) -> uvicorn.Server:
+    server = PromptServer(config)
     server.install_signal_handlers = lambda: None  # not the main thread
     return server
 
@@ -213,6 +247,20 @@ async def collect(ws) -> list[dict[str, Any]]:
     except ConnectionClosed:
         pass
     return events
+
+
+class FrameClock:
+    """A clock for a client that paces its frames to real time (`server.demo.stream_scene`'s
+    `clock`): `monotonic` moves on one frame interval each time it is read, so the client's
+    wait for the next frame's time is always over and it sends at once (the frames' own
+    timestamps, which the server scores by, are unchanged)."""
+
+    def __init__(self, fps: float) -> None:
+        self._reads = itertools.count()
+        self.fps = fps
+
+    def monotonic(self) -> float:
+        return next(self._reads) / self.fps
 
 
 def reload(live: Any, model: Any = None, headers: dict[str, str] = ADMIN_AUTH) -> Any:

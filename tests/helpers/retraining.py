@@ -1,5 +1,5 @@
 """What the retraining tests share: a tiny site (synthetic recordings with colour, a class the
-model lacks), its prepared cache, and a tiny starting bundle exported by gd-export's own code
+model lacks), its prepared cache, a tiny starting bundle (weights.pt as gd-export writes it)
 and that bundle fine-tuned on the site by `gd-train finetune --export`
 (tests/training/test_finetune.py, tests/e2e/test_retraining.py)."""
 
@@ -72,14 +72,27 @@ def tiny_checkpoint(cache_root, path, seed=0):
 
 @pytest.fixture(scope="session")
 def bundle(cache, tmp_path_factory):
-    """The tiny model exported by gd-export's own code: ONNX encoders and weights.pt."""
-    from export.onnx import write_bundle
+    """The tiny starting model as a bundle: weights.pt written by gd-export's own code (all
+    that `gd-train finetune --from` reads), with hand-made ONNX encoders of the model's shapes
+    (tests/helpers/tiny_bundle.py, all that the server reads). A torch export of the encoders
+    costs 6-12 CPU s; that gd-export's ONNX and weights.pt agree is checked on the fine-tuned
+    bundle, which gd-export writes (tests/training/test_finetune.py)."""
+    import dataclasses
 
-    root = tmp_path_factory.mktemp("bundle")
-    ckpt = tiny_checkpoint(cache, root / "start.pt")
-    (root / "tiny").mkdir()
-    write_bundle(ckpt, root / "start.pt", root / "tiny", "tiny", "1")
-    return root / "tiny"
+    from core.bundle import write_bundle_json
+    from export.onnx import write_weights
+    from tests.helpers.tiny_bundle import CLASSES, make_bundle
+
+    root = tmp_path_factory.mktemp("bundle") / "tiny"
+    ckpt = tiny_checkpoint(cache, root.parent / "start.pt")
+    made = make_bundle(root, spec=ckpt.clip, extra_classes=len(ckpt.classes) - len(CLASSES))
+    start = dataclasses.replace(
+        made, name="tiny", version="1", classes=tuple(ckpt.classes),
+        activity_threshold=0.35,  # not gd-export's default: fine-tuning must carry it over
+        training={"weights": write_weights(ckpt, root)},
+    )  # fmt: skip
+    write_bundle_json(start)
+    return root
 
 
 @pytest.fixture(scope="session")

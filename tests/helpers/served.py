@@ -29,7 +29,7 @@ def wait_for(condition: Callable[[], Any], what: str) -> Any:
     deadline = time.monotonic() + WAIT_S
     while not (value := condition()):
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.2)
+        time.sleep(0.05)
     return value
 
 
@@ -79,7 +79,7 @@ class Served:
                     self.reader.join(5)
                     raise RuntimeError(f"gd-serve exited at start:\n{self.output}") from None
                 assert time.monotonic() < deadline, f"gd-serve did not start:\n{self.output}"
-                time.sleep(0.1)
+                time.sleep(0.05)
 
     def _read(self) -> None:
         assert self.proc.stdout is not None

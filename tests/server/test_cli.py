@@ -12,6 +12,7 @@ import pytest
 
 from server.cli import WS_MARGIN, main, uvicorn_config
 from server.settings import Settings
+from tests.helpers.loopback import http
 
 
 def test_refuses_to_start_without_tokens(tiny_bundle, capsys):
@@ -40,13 +41,13 @@ def test_tensorrt_without_it_is_a_clear_error(tiny_bundle, capsys):
     assert "--device tensorrt needs" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def _ctrl_c_works() -> None:
     """In the child: SIGINT as a terminal gives it, even where the test runner was started with
     it ignored (nohup, setsid in scripts), which Python would otherwise keep ignoring."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.slow  # a gd-serve process: 3-4 CPU s of imports
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])  # SIGINT: Ctrl-C on make run
 def test_serves_from_the_command_line(tiny_bundle, tmp_path, stop):
     with socket.socket() as s:
@@ -65,17 +66,17 @@ def test_serves_from_the_command_line(tiny_bundle, tmp_path, stop):
         deadline = time.monotonic() + 240  # only against a hang: a loaded machine starts slowly
         while True:
             try:
-                r = httpx.get(f"http://127.0.0.1:{port}/readyz")
+                r = http.get(f"http://127.0.0.1:{port}/readyz")
                 break
             except httpx.ConnectError:
                 assert proc.poll() is None, proc.stdout.read()  # it exited: its output says why
                 assert time.monotonic() < deadline, "gd-serve did not start listening"
-                time.sleep(0.1)
+                time.sleep(0.05)
         assert r.json()["max_streams"] == 3  # from the environment
         auth = {"Authorization": "Bearer cli-token"}
-        assert httpx.get(f"http://127.0.0.1:{port}/v1/model", headers=auth).status_code == 200
+        assert http.get(f"http://127.0.0.1:{port}/v1/model", headers=auth).status_code == 200
         # a token in the URL: refused, and the access log (stdout, at info) shows it redacted
-        r = httpx.get(f"http://127.0.0.1:{port}/v1/model?token=cli-token", headers=auth)
+        r = http.get(f"http://127.0.0.1:{port}/v1/model?token=cli-token", headers=auth)
         assert r.status_code == 400 and r.json()["error"]["code"] == "token_in_url"
     finally:
         proc.send_signal(stop)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from server import demo
-from tests.helpers.live import TOKEN
+from tests.helpers.live import TOKEN, FrameClock
 from tests.helpers.tiny_bundle import scene
 
 
@@ -15,7 +15,8 @@ from tests.helpers.tiny_bundle import scene
 def test_demo_scene_streams_through_the_real_path_and_logs_actions(server, caplog):
     frames = scene(90, actions=((12, 78, 0.5),))  # 3 s with one large near object
     with caplog.at_level(logging.INFO, logger="gd.demo"):
-        actions = asyncio.run(demo.stream_scene(server.ws_url, TOKEN, frames, "zstd"))
+        clock = FrameClock(demo.FPS).monotonic  # its 3 s pass without waiting
+        actions = asyncio.run(demo.stream_scene(server.ws_url, TOKEN, frames, "zstd", clock=clock))
     assert actions == 1
     assert "demo: " in caplog.text and " from " in caplog.text
     assert TOKEN not in caplog.text

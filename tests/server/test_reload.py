@@ -280,7 +280,7 @@ def wait_for(predicate, proc, what, timeout=300):
             pass
         assert proc.poll() is None, proc.stdout.read()
         assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
 @pytest.mark.slow

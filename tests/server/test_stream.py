@@ -373,21 +373,30 @@ def test_client_that_stops_reading_is_dropped(make_server, test_settings, tmp_pa
 
     async def not_reading():
         sock = socket.create_connection(live.sock.getsockname())
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # well above the MSS
+        # 4 x loopback's MSS (64 kB), well above it; the events of a few dozen clips fill it
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 18)
         auth = {"Authorization": f"Bearer {TOKEN}"}
         ws = await connect(live.ws_url, sock=sock, additional_headers=auth, max_queue=1)
         await ws.send(json.dumps(hello(32, 32)))
         frames = scene(4, 32, 32)
+        sending = None
         try:
             for i in range(100_000):  # at the model's 10 fps: a clip every 4 frames
-                if closed._value.get():
-                    return i
-                await asyncio.wait_for(
-                    ws.send(pack_frame(1_000_000 + i * 100_000, i, frames[i % 4])), 2
+                sending = asyncio.ensure_future(
+                    ws.send(pack_frame(1_000_000 + i * 100_000, i, frames[i % 4]))
                 )
+                # a send the server stops reading for waits; the 4408 ends the wait at once
+                async with asyncio.timeout(2):  # a send held this long: it never gave up
+                    while not sending.done():
+                        if closed._value.get():
+                            return i
+                        await asyncio.wait({sending}, timeout=0.02)
+                sending.result()
         except (TimeoutError, ConnectionClosed):
             return -1 if not closed._value.get() else i
         finally:
+            if sending is not None:
+                sending.cancel()
             ws.transport.abort()
         return None
 

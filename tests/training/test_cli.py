@@ -57,11 +57,15 @@ def test_a_stage_with_a_state_needs_resume(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_pipeline_from_nothing_to_metrics_json_and_again_with_nothing_redone(tmp_path, capsys):
+    # 20 source samples still leave every split (train, validation, test) some; one worker: the
+    # worker pools of gd-synth and gd-prep have their own tests (tests/synth/test_generate.py,
+    # tests/training/test_prep.py), and forking this process costs more than the tiny jobs.
     argv = [
         "pipeline", "--preset", "quick", "--workdir", str(tmp_path), *TINY_MODEL,
-        "synth.samples=40", "synth.videos=6", "synth.size=16x16", "synth.actions=[3, 4]",
-        "prep.size=16x16", "source.epochs=1", "source.uniform_epochs=0", "target.epochs=1",
-        "target.uniform_epochs=0", "target.val_fraction=0", "train.graphs=false",
+        "synth.samples=20", "synth.videos=6", "synth.size=16x16", "synth.actions=[3, 4]",
+        "prep.size=16x16", "prep.workers=1", "source.epochs=1", "source.uniform_epochs=0",
+        "target.epochs=1", "target.uniform_epochs=0", "target.val_fraction=0",
+        "train.graphs=false",
     ]  # fmt: skip
     assert main(argv) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())

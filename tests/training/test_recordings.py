@@ -46,11 +46,18 @@ def cache(site, tmp_path_factory):
     return Cache(out)
 
 
+@pytest.fixture(scope="module")
+def played(site):
+    """Each recording's depth and colour as librealsense plays them back, read once for the
+    tests that compare the cache with them: {name: (depth, color)}."""
+    return {p.stem: (read_depth(p), read_color(p)) for p in sorted(site.glob("*.db3"))}
+
+
 @pytest.mark.slow
-def test_synthetic_recordings_hold_depth_and_colour_and_their_labels_check_clean(site, capsys):
+def test_synthetic_recordings_hold_depth_and_colour_and_their_labels_check_clean(site, played):
     names = sorted(p.name for p in site.glob("*.db3"))
     assert names == ["site-001.db3", "site-002.db3", "site-003.db3"]
-    depth, color = read_depth(site / names[0]), read_color(site / names[0])
+    depth, color = played["site-001"]
     assert color is not None and color.frames.shape[1:] == (30, 40, 3)
     assert np.array_equal(color.timestamps_us, depth.timestamps_us + COLOR_LAG_US)
     classes = str(site / "classes.txt")
@@ -78,13 +85,13 @@ def test_the_cache_holds_one_detection_sample_per_recording(site, cache):
 
 
 @pytest.mark.slow
-def test_depth_equals_the_servers_preprocessing_of_the_same_recording(site, cache):
+def test_depth_equals_the_servers_preprocessing_of_the_same_recording(played, cache):
     spec = clip_spec(cache, **GEOMETRY)
     norm = Normalizer(cache, "depth", spec)
     for i, s in enumerate(cache.samples):
         trained = norm(cache.frames("depth", i, np.arange(s.length)))[:, 0]
         # The server's upload path: playback, resample_indices, DepthPreprocessor.
-        rec = read_depth(site / f"{s.name}.db3")
+        rec = played[s.name][0]
         kept = resample_indices(rec.timestamps_us, spec.kept_fps)
         served = DepthPreprocessor(spec, *rec.frames.shape[1:])(rec.frames[kept])
         assert trained.shape == served.shape == (len(kept), *SIZE)
@@ -92,12 +99,11 @@ def test_depth_equals_the_servers_preprocessing_of_the_same_recording(site, cach
 
 
 @pytest.mark.slow
-def test_rgb_is_the_colour_frame_nearest_each_kept_depth_frame(site, cache):
+def test_rgb_is_the_colour_frame_nearest_each_kept_depth_frame(site, played, cache):
     s = settings(site)
     for i, sample in enumerate(cache.samples):
-        depth = read_depth(site / f"{sample.name}.db3")
+        depth, color = played[sample.name]
         kept_ts = depth.timestamps_us[resample_indices(depth.timestamps_us, s.fps / s.downsample)]
-        color = read_color(site / f"{sample.name}.db3")
         distance = np.abs(color.timestamps_us[None, :] - kept_ts[:, None])
         nearest = distance.argmin(axis=1)  # the first of equals: ties to the earlier frame
         want = np.stack([fit_rgb(color.frames[j], s) for j in nearest])

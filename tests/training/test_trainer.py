@@ -43,11 +43,18 @@ def weights(path):
     return load_checkpoint(path).model
 
 
-def test_pretrain_writes_deployable_classifiers_metrics_and_skips_when_done(caches, tmp_path):
-    cfg = config(caches)
-    metrics = run_stage(cfg, tmp_path, "pretrain")
+@pytest.fixture(scope="module")
+def pretrained(caches, tmp_path_factory):
+    """The workdir of one pre-training on `config(caches)` and its metrics: the tests that only
+    read what it wrote share it."""
+    workdir = tmp_path_factory.mktemp("pretrained")
+    return workdir, run_stage(config(caches), workdir, "pretrain")
+
+
+def test_pretrain_writes_deployable_classifiers_metrics_and_skips_when_done(caches, pretrained):
+    workdir, metrics = pretrained
     for m in ("depth", "flow", "jjd"):
-        ckpt = load_checkpoint(tmp_path / "pretrain" / f"{m}.pt")
+        ckpt = load_checkpoint(workdir / "pretrain" / f"{m}.pt")
         assert ckpt.task == "classification" and ckpt.architecture.modality == m
         assert ckpt.classes == ["class_1", "class_2", "class_3"]
         assert set(ckpt.metrics["test_accuracy"]) == {"depth", "flow", "jjd"}
@@ -55,22 +62,21 @@ def test_pretrain_writes_deployable_classifiers_metrics_and_skips_when_done(cach
         assert ckpt.clip.mean == pytest.approx(0.4)  # the cache's depth statistics
         ckpt.network()  # rebuilds
     assert 0 <= metrics["test_accuracy"]["depth"] <= 1
-    rows = list(csv.DictReader((tmp_path / "pretrain" / "metrics.csv").open()))
+    rows = list(csv.DictReader((workdir / "pretrain" / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert [r["graph"] for r in rows] == ["uniform", "learned"]  # the curriculum
     assert rows[1]["regularizer/depth"] and not rows[0]["regularizer/depth"]
-    assert list((tmp_path / "pretrain" / "tb").iterdir())
+    assert list((workdir / "pretrain" / "tb").iterdir())
     # finished: not run again
-    before = (tmp_path / "pretrain" / "depth.pt").stat().st_mtime_ns
-    assert run_stage(cfg, tmp_path, "pretrain")["test_accuracy"] == metrics["test_accuracy"]
-    assert (tmp_path / "pretrain" / "depth.pt").stat().st_mtime_ns == before
+    before = (workdir / "pretrain" / "depth.pt").stat().st_mtime_ns
+    again = run_stage(config(caches), workdir, "pretrain")
+    assert again["test_accuracy"] == metrics["test_accuracy"]
+    assert (workdir / "pretrain" / "depth.pt").stat().st_mtime_ns == before
 
 
 @pytest.mark.slow
-def test_prior_is_set_from_validation_accuracy_when_the_curriculum_reaches_it(caches, tmp_path):
-    cfg = config(caches)
-    run_stage(cfg, tmp_path, "pretrain")
-    state = torch.load(tmp_path / "pretrain" / "state.pt", weights_only=False)
+def test_prior_is_set_from_validation_accuracy_when_the_curriculum_reaches_it(pretrained):
+    state = torch.load(pretrained[0] / "pretrain" / "state.pt", weights_only=False)
     accuracy = state["modules"]["distiller"]["accuracy"]
     history = state["history"]
     # the prior was measured before epoch 2 (the first learned one): validation accuracies of
@@ -82,12 +88,13 @@ def test_prior_is_set_from_validation_accuracy_when_the_curriculum_reaches_it(ca
 @pytest.mark.slow
 @pytest.mark.parametrize(("stage", "steps"), [("pretrain", 3), ("detect", 5)])
 def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(caches, tmp_path, stage, steps):
-    # `steps` batches an epoch, a checkpoint every 2 steps: killed after the last step of epoch
-    # 2, before its end-of-epoch checkpoint, the run resumes mid-epoch 2 and redoes that step.
+    # `steps` batches an epoch, a checkpoint after step `steps - 1` (one mid-epoch checkpoint an
+    # epoch, each a torch.save of the whole state): killed after the last step of epoch 2,
+    # before its end-of-epoch checkpoint, the run resumes mid-epoch 2 and redoes that step.
     # jjd's GRU has dropout, so the restored RNG state matters.
     cfg = config(
-        caches, "train.save_every=2", "transfer=false", "source.epochs=3", "target.epochs=3",
-        "source.batch_size=2", "target.batch_size=2",
+        caches, f"train.save_every={steps - 1}", "transfer=false", "source.epochs=3",
+        "target.epochs=3", "source.batch_size=2", "target.batch_size=2",
     )  # fmt: skip
     run_stage(cfg, tmp_path / "unbroken", stage)
     with pytest.raises(Interrupted):
@@ -123,18 +130,20 @@ def test_resume_refuses_another_config(caches, tmp_path):
 
 
 @pytest.mark.slow
-def test_transfer_initialises_the_target_encoders_from_the_source_classifiers(caches, tmp_path):
+def test_transfer_initialises_the_target_encoders_from_the_source_classifiers(
+    caches, pretrained, tmp_path
+):
     cfg = config(caches)
     with pytest.raises(TrainingError, match="run gd-train pretrain first"):
         build_detect(cfg, tmp_path)
-    run_stage(cfg, tmp_path, "pretrain")
-    stage = build_detect(cfg, tmp_path)[-1]
+    workdir = pretrained[0]
+    stage = build_detect(cfg, workdir)[-1]
     for m in ("depth", "flow", "jjd"):
-        source = weights(tmp_path / "pretrain" / f"{m}.pt")
+        source = weights(workdir / "pretrain" / f"{m}.pt")
         for key, value in stage.nets[m].encoder.state_dict().items():
             torch.testing.assert_close(value, source[f"encoder.{key}"], rtol=0, atol=0)
-    scratch = build_detect(config(caches, "transfer=false"), tmp_path)[-1]
-    source = weights(tmp_path / "pretrain" / "depth.pt")["encoder.conv1.weight"]
+    scratch = build_detect(config(caches, "transfer=false"), workdir)[-1]
+    source = weights(workdir / "pretrain" / "depth.pt")["encoder.conv1.weight"]
     assert not torch.equal(scratch.nets["depth"].encoder.conv1.weight, source)
 
 

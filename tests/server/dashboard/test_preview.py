@@ -11,7 +11,7 @@ import threading
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.helpers.browser import WAIT_MS, sign_in
+from tests.helpers.browser import WAIT_MS, every_ms, sign_in
 from tests.helpers.live import T0_US, TOKEN, collect, frame_messages, hello
 from tests.helpers.tiny_bundle import TINY_SPEC, scene
 
@@ -61,11 +61,13 @@ def test_with_preview_an_online_camera_s_tile_shows_its_depth_until_it_leaves(
     from playwright.sync_api import expect
 
     live, page, camera_id = start(test_settings, make_server, tmp_path, True), tab.page, "bed 1"
+    page.clock.install()  # the page's timers run when the test says: no 2 s waits for a poll
     sign_in(page, live.url)
     camera = Camera(live, camera_id)
     try:
         tile = page.locator(f'.tile[data-camera="{camera_id}"]')
         expect(tile).to_have_attribute("data-online", "true", timeout=WAIT_MS)
+        page.clock.run_for(every_ms("PREVIEW_EVERY_MS"))  # the online tile's preview is read
         image = tile.locator("img.preview")
         expect(image).to_have_count(1, timeout=WAIT_MS)
         assert image.get_attribute("src").startswith("blob:")
@@ -78,6 +80,7 @@ def test_with_preview_an_online_camera_s_tile_shows_its_depth_until_it_leaves(
     finally:
         camera.stop()
     expect(tile).to_have_attribute("data-online", "false", timeout=WAIT_MS)
+    page.clock.run_for(every_ms("PREVIEW_EVERY_MS"))  # the next round drops the offline's
     expect(image).to_have_count(0, timeout=WAIT_MS)
     assert tab.errors == []
 
@@ -88,13 +91,16 @@ def test_without_preview_the_tile_shows_none(make_server, tab, test_settings, tm
     live, page, camera_id = start(test_settings, make_server, tmp_path, False), tab.page, "bed 2"
     camera = Camera(live, camera_id)
     try:
+        page.clock.install()  # the page's timers run when the test says: no 2 s waits
+        sign_in(page, live.url)
+        tile = page.locator(f'.tile[data-camera="{camera_id}"]')
+        expect(tile).to_have_attribute("data-online", "true", timeout=WAIT_MS)
         # the page asks for the online camera's preview, is told it is off, and shows none
         asked = page.expect_response(lambda r: r.url.endswith("/preview"), timeout=WAIT_MS)
         with asked as answer:
-            sign_in(page, live.url)
+            page.clock.run_for(every_ms("PREVIEW_EVERY_MS"))
         assert answer.value.status == 404
         assert answer.value.json()["error"]["code"] == "preview_off"
-        tile = page.locator(f'.tile[data-camera="{camera_id}"]')
         expect(tile).to_have_attribute("data-online", "true")
         expect(tile.locator("img")).to_have_count(0)
     finally:

@@ -13,18 +13,19 @@ import httpx
 import pytest
 
 from tests.helpers.live import TOKEN, run_stream
+from tests.helpers.loopback import http
 from tests.helpers.streams import ACTIONS, FRAMES, stream
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def get(server, path: str, **params) -> httpx.Response:
-    return httpx.get(f"{server.url}{path}", params=params, headers=AUTH, timeout=10)
+    return http.get(f"{server.url}{path}", params=params, headers=AUTH, timeout=10)
 
 
 def review(server, event_id: str, body: dict) -> httpx.Response:
     url = f"{server.url}/v1/events/{event_id}/review"
-    return httpx.post(url, json=body, headers=AUTH, timeout=10)
+    return http.post(url, json=body, headers=AUTH, timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,7 @@ def test_bad_queries_get_a_json_error(live, params, code):
 
 def test_the_event_api_needs_a_token(live):
     for path in ("/v1/events", "/v1/cameras", "/v1/events/feed"):
-        r = httpx.get(f"{live[0].url}{path}", timeout=10)
+        r = http.get(f"{live[0].url}{path}", timeout=10)
         assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
 
 
@@ -147,7 +148,7 @@ def test_a_bad_review_gets_a_json_error(live, body):
 
 
 def feed_lines(server, lines: list[str], subscribed: threading.Event, stop: threading.Event):
-    with httpx.stream("GET", f"{server.url}/v1/events/feed", headers=AUTH, timeout=20) as response:
+    with http.stream("GET", f"{server.url}/v1/events/feed", headers=AUTH, timeout=20) as response:
         for line in response.iter_lines():
             lines.append(line)
             subscribed.set()
@@ -202,7 +203,7 @@ def hello_for(camera_id: str) -> dict:
 
 
 def test_the_event_api_is_in_the_openapi_schema(live):
-    schema = httpx.get(f"{live[0].url}/openapi.json", timeout=10).json()
+    schema = http.get(f"{live[0].url}/openapi.json", timeout=10).json()
     for path in ("/v1/events", "/v1/events/{event_id}", "/v1/events/{event_id}/review",
                  "/v1/events/feed", "/v1/cameras"):  # fmt: skip
         assert path in schema["paths"], path
@@ -226,7 +227,8 @@ def test_a_listener_that_raises_does_not_end_the_stream(make_server, events_sett
 
 @pytest.mark.slow  # over a second (docs/testing.md, "The suite's time")
 def test_a_stream_gone_mid_action_ends_its_event(make_server, events_settings):
-    server = make_server(events_settings)
+    # the client sends its frames in a burst, then nothing: a second of silence is idle enough
+    server = make_server(dataclasses.replace(events_settings, idle_timeout_s=1.0))
     first_action_end = ACTIONS[0][1]
     result = stream(server.ws_url, FRAMES[: first_action_end - 6], end=False)
     assert result.close_code == 4408  # idle: the client never said `end`

@@ -24,6 +24,7 @@ from server.events.rules import AlertRules
 from server.events.store import Backlog, EventFilter, EventStore, database_url
 from server.events.types import EventRecord
 from tests.helpers.live import TOKEN
+from tests.helpers.loopback import http
 from tests.helpers.served import Served, rules_file, wait_for
 from tests.helpers.streams import ACTIONS, FRAMES, stream
 from tests.helpers.tiny_bundle import TINY_SPEC
@@ -169,7 +170,7 @@ def start_postgres(server) -> None:
 
 
 def get(url: str, path: str, **params) -> httpx.Response:
-    return httpx.get(f"{url}{path}", params=params, headers=AUTH, timeout=10)
+    return http.get(f"{url}{path}", params=params, headers=AUTH, timeout=10)
 
 
 def assert_stored(url: str, result) -> None:
@@ -183,7 +184,7 @@ def assert_stored(url: str, result) -> None:
 
 
 def ready(url: str) -> dict:
-    r = httpx.get(f"{url}/readyz", timeout=10)
+    r = http.get(f"{url}/readyz", timeout=10)
     assert r.status_code == 200  # degraded or not: still ready for streams
     return r.json()
 

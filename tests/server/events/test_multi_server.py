@@ -12,7 +12,6 @@ import threading
 import time
 from datetime import UTC, datetime
 
-import httpx
 import pytest
 import uvicorn
 from starlette.applications import Starlette
@@ -25,12 +24,14 @@ from server.events.store import EventStore, database_url
 from server.events.webhooks import WebhookVerificationError, new_secret, verify
 from tests.helpers.feeds import FeedReader
 from tests.helpers.live import TOKEN, LiveServer, hello, uvicorn_server
+from tests.helpers.loopback import http
 from tests.helpers.streams import FRAMES, stream
 
 pytestmark = pytest.mark.slow
 CAMERA = "ward-2-bed-1"
 SECRET = new_secret()
 WAIT_S = 30.0  # a ceiling for what the servers do at once, never a window asserted
+POLL_S = 0.2  # the deliverers' poll, not their default second: each delivery's hold scales
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -74,8 +75,23 @@ def until(condition, what: str) -> None:
         time.sleep(0.02)
 
 
+def poll_often(server: LiveServer) -> threading.Event:
+    """The server's deliverer sleeps POLL_S between passes from its next sleep on; the event
+    is set at that sleep (from then on, the shorter poll holds)."""
+    deliverer = server.app.state.events.deliverer
+    polling = threading.Event()
+
+    async def sleep(seconds: float) -> None:
+        polling.set()
+        await asyncio.sleep(seconds)
+
+    deliverer.poll_s = POLL_S  # read by the deliverer's loop for each sleep, as is `sleep`
+    deliverer.sleep = sleep
+    return polling
+
+
 def get(server: LiveServer, path: str, **params) -> dict:
-    r = httpx.get(f"{server.url}{path}", params=params, headers=AUTH, timeout=10)
+    r = http.get(f"{server.url}{path}", params=params, headers=AUTH, timeout=10)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -99,11 +115,13 @@ def test_two_servers_on_one_postgresql_share_cameras_events_and_alerts(
     )
     settings = dataclasses.replace(test_settings, events_db=url, alert_rules=rules)
     first, second = (make_server(settings) for _ in range(2))
-    for server in (first, second):
+    polling = [poll_often(server) for server in (first, second)]
+    for server, polled in zip((first, second), polling, strict=True):
         assert server.app.state.events.relay.listening.wait(WAIT_S)
+        assert polled.wait(WAIT_S)
     # each delivery is answered only after both deliverers polled again: a row that a
     # second server could take while the first sends it would be delivered twice
-    receiver.hold_s = 2 * first.app.state.events.deliverer.poll_s
+    receiver.hold_s = 2 * POLL_S
     # each feed until the review (made on the second server)
     feeds = [FeedReader(server, last='"reviewed"') for server in (first, second)]
 
@@ -125,7 +143,7 @@ def test_two_servers_on_one_postgresql_share_cameras_events_and_alerts(
     assert camera["id"] == CAMERA and get(second, "/v1/cameras")["cameras"] == [camera]
     assert get(second, "/v1/events", camera=CAMERA) == {"events": stored, "next_cursor": None}
 
-    r = httpx.post(f"{second.url}/v1/events/{stored[0]['id']}/review",
+    r = http.post(f"{second.url}/v1/events/{stored[0]['id']}/review",
                    json={"action": "acknowledge"}, headers=AUTH, timeout=10)  # fmt: skip
     assert r.status_code == 200
     for feed in feeds:
