@@ -70,13 +70,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         "start": start,
         "end": time.monotonic(),
         "wall_clock_s": time.time() - wall_start,  # the same span as the wall clock saw it
-        "workers": _workers(session.config),
     }
     (folder / "session.json").write_text(json.dumps(record) + "\n")
-
-
-def _workers(config: pytest.Config) -> int:
-    return int(getattr(config.option, "numprocesses", 0) or 0)
 
 
 _START = pytest.StashKey[tuple[float, float]]()
