@@ -33,8 +33,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
-# On every core (pytest-xdist; tests/conftest.py keeps a module's tests, and the modules sharing
-# an expensive session fixture, on one worker). Bytecode and pytest's rewritten test modules
+# One worker a core and one more, which fills the time the others wait on real time (pytest-xdist;
+# tests/conftest.py keeps a module's tests, and the modules sharing an expensive session fixture,
+# on one worker). Bytecode and pytest's rewritten test modules
 # are cached even where PYTHONDONTWRITEBYTECODE is set: compiling them again cost each worker
 # 6 CPU seconds, about twice what importing torch does (docs/testing.md, "The suite's time").
 PYTEST := PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -n auto
@@ -51,7 +52,7 @@ test-fast: setup
 
 # The floating-point comparisons again on one thread: their tolerances hold for any summation
 # order, so the result must not depend on how many threads split a sum. `make test` runs them
-# on every core; CI runs this after it.
+# with every core's threads; CI runs this after it.
 test-threads: setup
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PYTEST) -q -m numerics
 

@@ -59,7 +59,18 @@ def read_units(folder: Path) -> list[Unit]:
     return sorted(units.values(), key=lambda u: u.start)
 
 
-def summarize(units: list[Unit], session: dict | None, top: int) -> None:
+def read_totals(folder: Path) -> dict[str, float]:
+    """Each process's CPU seconds in all (`<worker>.json`; `main` is xdist's controller)."""
+    return {
+        path.stem: json.loads(path.read_text())["cpu_s"]
+        for path in folder.glob("*.json")
+        if path.name != "session.json"
+    }
+
+
+def summarize(
+    units: list[Unit], session: dict | None, top: int, totals: dict[str, float] | None = None
+) -> None:
     first, last = min(u.start for u in units), max(u.end for u in units)
     workers = sorted({u.worker for u in units})
     cpu = sum(u.cpu + u.children_cpu for u in units)
@@ -76,12 +87,17 @@ def summarize(units: list[Unit], session: dict | None, top: int) -> None:
     print(f"CPU in tests: {cpu:.1f} s (test processes {sum(u.cpu for u in units):.1f}, "
           f"their children {sum(u.children_cpu for u in units):.1f})")  # fmt: skip
     print(f"worker-seconds in tests: {busy:.1f}, not computing: {busy - cpu:.1f}")
+    totals = totals or {}
     for w in workers:
         mine = [u for u in units if u.worker == w]
         end = max(u.end for u in mine)
         print(f"  {w}: {sum(u.wall for u in mine):6.1f} s in tests, "
               f"CPU {sum(u.cpu + u.children_cpu for u in mine):6.1f} s, idle at the end "
               f"{last - end:5.1f} s")  # fmt: skip
+        if w in totals:  # collecting the suite, pytest's own work, the session's teardown
+            print(f"       CPU outside its tests {totals[w] - sum(u.cpu for u in mine):6.1f} s")
+    if "main" in totals and "main" not in workers:
+        print(f"  the xdist controller: CPU {totals['main']:.1f} s")
     print(
         f"\nthe {top} longest units (wall s, CPU s in the test process + its children, "
         "not computing):"
@@ -131,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     units = read_units(args.folder)
     session_file = args.folder / "session.json"
     session = json.loads(session_file.read_text()) if session_file.exists() else None
-    summarize(units, session, args.top)
+    summarize(units, session, args.top, read_totals(args.folder))
     if args.plot:
         plot(units, args.plot)
     return 0

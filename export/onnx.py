@@ -34,7 +34,6 @@ import numpy as np
 import onnx
 import torch
 from torch import nn
-from torch.onnx._internal.exporter import _registration
 
 from core.bundle import (
     MODEL_JSON,
@@ -143,12 +142,22 @@ def _export(
     onnx.save(strip_stack_traces(model), path)
 
 
-_FROM_TORCHLIB = _registration.ONNXRegistry.__dict__["from_torchlib"]  # the classmethod
+@functools.cache
+def _torch_builder() -> tuple[type, Any]:
+    """torch's `ONNXRegistry` and its own `from_torchlib` classmethod (saved before
+    `_one_registry` replaces it). Imported at the first export, not with this module: the
+    exporter's internals (onnxscript, onnx_ir, sympy) cost a CPU second that `gd-export
+    quantize`, `evaluate` and `--help` never need."""
+    from torch.onnx._internal.exporter import _registration
+
+    cls = _registration.ONNXRegistry
+    return cls, cls.__dict__["from_torchlib"]
 
 
 @functools.cache
-def _registry(opset_version: int = OPSET) -> _registration.ONNXRegistry:
-    return _FROM_TORCHLIB.__get__(None, _registration.ONNXRegistry)(opset_version=opset_version)
+def _registry(opset_version: int = OPSET) -> Any:
+    cls, from_torchlib = _torch_builder()
+    return from_torchlib.__get__(None, cls)(opset_version=opset_version)
 
 
 @contextlib.contextmanager
@@ -159,12 +168,12 @@ def _one_registry() -> Iterator[None]:
     the tiny test model costs once the exporter is warm) and only reads it when no custom
     translation table is given (torch 2.13, `torch/onnx/_internal/exporter/_compat.py`). A
     bundle is two exports, and `gd-train finetune --export` and the tests export more."""
-    cls = _registration.ONNXRegistry
-    cls.from_torchlib = staticmethod(_registry)  # type: ignore[method-assign]
+    cls, from_torchlib = _torch_builder()
+    cls.from_torchlib = staticmethod(_registry)  # type: ignore[attr-defined]
     try:
         yield
     finally:
-        cls.from_torchlib = _FROM_TORCHLIB  # type: ignore[method-assign]
+        cls.from_torchlib = from_torchlib  # type: ignore[attr-defined]
 
 
 STACK_TRACE = "pkg.torch.onnx.stack_trace"

@@ -22,15 +22,18 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from server.events import webhooks
 from server.events.mqtt import topic_id
 from server.events.mqtt_sender import MqttSender, MqttSendError
 from server.events.rules import Destination, MqttDestination, WebhookDestination
 from server.events.types import Delivery, Outbox
+
+# httpx is imported by the first Deliverer (alert rules with destinations): a server without
+# any starts without it (a tenth of its start-up).
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("gd.server")
 
@@ -103,7 +106,11 @@ class Deliverer:
         self.outbox = outbox
         self.destinations = dict(destinations)
         self._own_client = client is None
-        self.client = client or httpx.AsyncClient(follow_redirects=False)
+        if client is None:
+            import httpx
+
+            client = httpx.AsyncClient(follow_redirects=False)
+        self.client = client
         self.clock, self.sleep, self.poll_s, self.batch = clock, sleep, poll_s, batch
         self.rng = rng or random.Random()
         self._stopped = asyncio.Event()
@@ -195,6 +202,8 @@ class Deliverer:
     ) -> tuple[int | None, float | None, str | None]:
         """One signed POST: the receiver's status (None: no answer), its Retry-After, and
         what failed, in words (None: a 2xx, delivered)."""
+        import httpx
+
         content = body(row)
         headers = {
             "content-type": "application/json",

@@ -33,13 +33,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
-
-import paho.mqtt.client as mqtt
+from typing import TYPE_CHECKING, Any
 
 from core.events import ActionEnd, ActionStart, Event, Scores
 from core.wire import Hello
 from server.settings import Settings, SettingsError
+
+if TYPE_CHECKING:  # imported when a publisher is made: a server without MQTT starts without paho
+    import paho.mqtt.client as mqtt
 
 log = logging.getLogger("gd.server")
 
@@ -149,6 +150,8 @@ class MqttPublisher:
         self.cameras: dict[str, _Camera] = {}
         self.status_topic = f"{config.prefix}/status"
         client_id = config.client_id or f"gd-detect-{socket.gethostname()}-{os.getpid()}"
+        import paho.mqtt.client as mqtt
+
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311
         )
@@ -174,6 +177,8 @@ class MqttPublisher:
     def close(self, timeout_s: float = 2.0) -> None:
         """Say "offline" (a clean disconnect sends no will), then stop paho's thread.
         Blocks up to `timeout_s` for the broker's acknowledgement."""
+        import paho.mqtt.client as mqtt
+
         info = self.client.publish(self.status_topic, "offline", qos=QOS, retain=True)
         if info.rc == mqtt.MQTT_ERR_SUCCESS:
             # The connection may go meanwhile: nothing more to do on the way out.
@@ -301,6 +306,8 @@ class MqttPublisher:
         self._publish(f"{self.config.prefix}/{camera.level}/state", payload, retain=True)
 
     def _publish(self, topic: str, payload: dict[str, Any] | str, retain: bool = False) -> None:
+        import paho.mqtt.client as mqtt
+
         body = payload if isinstance(payload, str) else json.dumps(payload)
         info = self.client.publish(topic, body, qos=QOS, retain=retain)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:

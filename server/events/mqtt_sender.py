@@ -18,12 +18,13 @@ import os
 import socket
 import threading
 import time
-from typing import Any
-
-import paho.mqtt.client as mqtt
+from typing import TYPE_CHECKING, Any
 
 from server.events.mqtt import topic_id
 from server.events.rules import MqttDestination
+
+if TYPE_CHECKING:  # imported by the first send: a server without MQTT starts without paho
+    import paho.mqtt.client as mqtt
 
 KEEPALIVE_S = 30
 
@@ -79,6 +80,8 @@ class MqttSender:
             if self._client is not None and self._state == "up":
                 return self._client
         self.close()
+        import paho.mqtt.client as mqtt
+
         d = self.destination
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
@@ -115,6 +118,8 @@ class MqttSender:
             raise MqttSendError(f"{self.broker} {self._said()}")
 
     def _publish(self, client: mqtt.Client, topic: str, payload: bytes, deadline: float) -> None:
+        import paho.mqtt.client as mqtt
+
         info = client.publish(topic, payload, qos=self.destination.qos)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise MqttSendError(f"{self.broker}: publish failed: {mqtt.error_string(info.rc)}")

@@ -14,9 +14,8 @@ import difflib
 from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     AnyHttpUrl,
@@ -32,6 +31,9 @@ from server.events.mqtt import topic_problem
 from server.events.types import Alert, AlertHistory, EventRecord
 from server.events.webhooks import decode_secret
 from server.settings import REQUIREMENTS
+
+if TYPE_CHECKING:  # imported by `read_rules`: a server without a rules file starts without it
+    import yaml
 
 # "reviewed" (acknowledged, false positive, a note) owes nothing: it only stops repeats
 CHANGES = ("started", "updated", "ended", "repeat", "reviewed")
@@ -302,6 +304,8 @@ def read_rules(path: Path, labels: Collection[str] | None = None) -> RulesFile:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise RulesError(f"alert rules {path}: cannot read: {e}") from None
+    import yaml
+
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -422,6 +426,8 @@ def _line(node: yaml.Node | None, loc: Sequence[Any]) -> int:
     """The 1-based line of the deepest node along `loc` (a missing field: its parent's)."""
     if node is None:
         return 1
+    import yaml
+
     line = node.start_mark.line + 1
     for depth, part in enumerate(loc):
         child = None
@@ -440,6 +446,8 @@ def _line(node: yaml.Node | None, loc: Sequence[Any]) -> int:
 
 def _duplicates(node: yaml.Node | None, loc: tuple) -> list[tuple]:
     """Keys given twice in one mapping (YAML would silently keep the last)."""
+    import yaml
+
     found: list[tuple] = []
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()

@@ -1,8 +1,10 @@
 """The event store's tables (SQLAlchemy 2 Core), the same on SQLite and PostgreSQL.
 
 The migrations in `migrations/versions/` create exactly these (tests/server/events compares
-them); a change here needs a new migration. Times are stored as UTC (`UtcDateTime`); indexes
-serve `GET /v1/events`' filters, each ending in the list's order (start, id).
+them); a change here needs a new migration. An empty database gets these tables directly
+(`store.migrate`, without alembic), stamped with the newest migration's revision. Times are
+stored as UTC (`UtcDateTime`); indexes serve `GET /v1/events`' filters, each ending in the
+list's order (start, id).
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 metadata = MetaData()
+# The newest migration's revision: these tables are its schema. A new migration changes it
+# (tests/server/events/test_store.py checks it is alembic's head).
+REVISION = "0003"
 
 events = Table(
     "events",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import importlib
 import json
 import logging
 from collections import deque
@@ -26,12 +27,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import (
+    Column,
     Connection,
     Engine,
     Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
     and_,
     bindparam,
     create_engine,
@@ -40,12 +44,12 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    inspect,
     or_,
     select,
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -56,7 +60,14 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from server.events.rules import AlertRules
-from server.events.schema import camera_references, cameras, deliveries, events
+from server.events.schema import (
+    REVISION,
+    camera_references,
+    cameras,
+    deliveries,
+    events,
+    metadata,
+)
 from server.events.types import AlertPolicy, Delivery, EventRecord, Review
 
 log = logging.getLogger("gd.server")
@@ -207,16 +218,57 @@ def _sqlite_setup(engine: Engine) -> None:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the database to the newest schema (from empty: create it), in one transaction."""
-    # alembic logs each of its plugins at INFO; "Running upgrade ..." stays
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
+    """Bring the database to the newest schema (from empty: create it), in one transaction.
+
+    Alembic runs only when the database holds an older schema: its import is a fifth of the
+    server's start-up, and nearly every start finds the schema current or the database empty.
+    An empty one gets server/events/schema.py's tables and the newest revision, as alembic's
+    migrations would make them (tests/server/events/test_store.py compares the two); anything
+    else (older, newer than the code, tables without a revision) is alembic's to do or to
+    refuse."""
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+        revisions = _revisions(connection)
+        if revisions == [REVISION]:
+            return
+        if not revisions and not _has_our_tables(connection):
+            _create(connection, REVISION)
+            return
+        from alembic import command
+        from alembic.config import Config
+
+        # alembic logs each of its plugins at INFO; "Running upgrade ..." stays
+        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def _revisions(connection: Connection) -> list[str]:
+    """The revisions alembic recorded in the database (none in an empty one)."""
+    if not inspect(connection).has_table("alembic_version"):
+        return []
+    return list(connection.execute(text("SELECT version_num FROM alembic_version")).scalars())
+
+
+def _has_our_tables(connection: Connection) -> bool:
+    return bool(set(inspect(connection).get_table_names()) & set(metadata.tables))
+
+
+def _create(connection: Connection, revision: str) -> None:
+    """The newest schema in an empty database, and its revision in alembic's table (alembic's
+    own layout of it: a later migration finds what it expects)."""
+    metadata.create_all(connection)
+    version = Table(
+        "alembic_version",
+        MetaData(),
+        Column("version_num", String(32), nullable=False),
+        PrimaryKeyConstraint("version_num", name="alembic_version_pkc"),
+    )
+    version.create(connection)
+    connection.execute(version.insert().values(version_num=revision))
 
 
 def unavailable(error: BaseException) -> bool:
@@ -688,12 +740,17 @@ class EventStore:
         with self._write() as connection:
             connection.execute(self._camera_upsert(), rows)
 
+    def _insert(self, table: Table) -> Any:
+        """The database's own INSERT, which has ON CONFLICT. Its dialect's module is the one
+        the engine loaded: a SQLite store never imports PostgreSQL's (and its drivers')."""
+        dialect = importlib.import_module(f"sqlalchemy.dialects.{self.engine.dialect.name}")
+        return dialect.insert(table)
+
     def _camera_upsert(self) -> Any:
         """The insert-or-update of camera rows, built once (building it cost more than
         running it)."""
         if self._upsert is None:
-            dialect = sqlite if self.engine.dialect.name == "sqlite" else postgresql
-            statement = dialect.insert(cameras)
+            statement = self._insert(cameras)
             kept = {"id", "first_seen"}
             self._upsert = statement.on_conflict_do_update(
                 index_elements=[cameras.c.id],
@@ -715,8 +772,7 @@ class EventStore:
 
     def put_reference(self, record: ReferenceRecord) -> None:
         """Insert or replace the camera's reference."""
-        dialect = sqlite if self.engine.dialect.name == "sqlite" else postgresql
-        statement = dialect.insert(camera_references).values(asdict(record))
+        statement = self._insert(camera_references).values(asdict(record))
         statement = statement.on_conflict_do_update(
             index_elements=[camera_references.c.camera_id],
             set_={c.name: statement.excluded[c.name] for c in camera_references.c},

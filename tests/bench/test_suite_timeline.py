@@ -40,6 +40,9 @@ def test_a_run_with_timeline_writes_one_row_a_test(pytester):
     session = json.loads((folder / "session.json").read_text())
     assert session["start"] <= rows[0][1] and rows[1][2] <= session["end"]  # one clock
     assert session["wall_clock_s"] > 0
+    # the process's CPU in all, beyond its tests' (collecting them, at least)
+    totals = json.loads((folder / "main.json").read_text())
+    assert totals["cpu_s"] > sum(r[3] for r in rows) and totals["children_cpu_s"] >= 0
 
 
 def write_rows(folder: Path, worker: str, rows: list) -> None:
@@ -56,6 +59,9 @@ def test_units_add_their_tests_and_the_summary_says_what_waited(tmp_path, capsys
     # the wall clock moved 50 s more than the monotonic one, on which the figures are
     session = {"start": 90.0, "end": 105.0, "wall_clock_s": 65.0}
     (tmp_path / "session.json").write_text(json.dumps(session))
+    # each worker's CPU in all, and the controller's ("main", with no tests of its own)
+    for name, cpu_s in {"gw0": 7.0, "gw1": 2.5, "main": 1.5}.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({"cpu_s": cpu_s, "children_cpu_s": 1}))
     units = timeline.read_units(tmp_path)
     a = next(u for u in units if u.module == "tests/a.py")
     assert (a.worker, a.tests, a.wall, a.cpu, a.children_cpu) == ("gw0", 2, 4.0, 1.0, 1.0)
@@ -66,6 +72,10 @@ def test_units_add_their_tests_and_the_summary_says_what_waited(tmp_path, capsys
     assert "(the wall clock moved +50.0 s more: set, or the machine paused)" in out
     assert "CPU in tests: 4.0 s" in out and "not computing: 2.0" in out
     assert "gw1:    2.0 s in tests, CPU    2.0 s, idle at the end   1.5 s" in out
+    # outside its tests: 7 - 1 s for gw0 (children not counted: those a test waited for are
+    # the tests'), 2.5 - 2 s for gw1
+    assert "CPU outside its tests    6.0 s" in out and "CPU outside its tests    0.5 s" in out
+    assert "the xdist controller: CPU 1.5 s" in out
     assert (tmp_path / "t.png").stat().st_size > 0
 
 

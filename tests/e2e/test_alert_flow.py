@@ -22,13 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import pytest
 
 from clients.api import Client
 from core.bundle import write_bundle_json
 from server.events.delivery import message_id
 from server.events.webhooks import new_secret, verify
+from tests.helpers import loopback
 from tests.helpers.browser import WAIT_MS, sign_in
 from tests.helpers.live import TOKEN, LiveServer
 from tests.helpers.streams import FRAMES, TS
@@ -69,7 +69,8 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # stop() waits for the serving loop to look at its stop flag: every 20 ms, not 0.5 s
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
         self.thread.start()
 
     def stop(self) -> None:
@@ -118,17 +119,18 @@ def page(browser):
 
 
 def api(live, path: str) -> dict:
-    r = httpx.get(live.url + path, headers={"Authorization": f"Bearer {TOKEN}"})
+    r = loopback.http.get(live.url + path, headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 200, r.text
     return r.json()
 
 
 def wait_for(what: str, condition: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
-    """Poll until `condition()` holds; fail naming `what` after a generous timeout."""
+    """Poll until `condition()` holds; fail naming `what` after a generous timeout. Polled
+    often: the test waits no longer than the condition takes (a poll is a small query)."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+        time.sleep(0.01)
 
 
 def send_scene(live) -> list[str]:

@@ -260,9 +260,11 @@ def test_reconnects_after_a_server_restart_and_resumes_the_file(test_settings, r
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     first = PortServer(test_settings, port)
-    # 5 s of frames at 3x speed: about 1.7 s, time enough to restart the server in the middle.
-    # gd-stream runs in this process, on a thread of its own (its output: capsys).
-    argv = ["file", str(recording), "--speed", "3", "--json", "--url",
+    # 5 s of frames at 5x speed: 1 s. The server is stopped as soon as it has scored 3 clips
+    # (1.2 s of frames), within milliseconds: the other 9 cannot all be scored in less than
+    # the 0.76 s their frames take to come, wide enough a margin under load. gd-stream runs in
+    # this process, on a thread of its own (its output: capsys).
+    argv = ["file", str(recording), "--speed", "5", "--json", "--url",
             f"ws://127.0.0.1:{port}/v1/stream", "--token", TOKEN, "--backoff", "0.05",
             "--retries", "40"]  # fmt: skip
     exits: list[int] = []

@@ -9,6 +9,7 @@ exactly (tests/e2e/test_clients_e2e.py works them out).
 """
 
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -31,6 +32,24 @@ BIN = Path(sys.executable).parent  # .venv/bin, where `make setup` installs the 
 DEV_TOKEN = (ROOT / "docker" / "dev-tokens.txt").read_text().splitlines()[-1]  # README's `tail -1`
 
 
+class GdServe:
+    """A started gd-serve process; `url` waits for its port to answer the first time it is
+    read, so that a test does its own work (making the sample) while the server starts."""
+
+    def __init__(self, proc: subprocess.Popen, port: int) -> None:
+        self.proc, self.port = proc, port
+
+    @functools.cached_property
+    def url(self) -> str:
+        while True:  # ready when the port answers; a server that exits shows its stderr
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return f"http://127.0.0.1:{self.port}"
+            except OSError:
+                assert self.proc.poll() is None, self.proc.stderr.read()
+                time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def gd_serve():
     """`gd-serve --model models/default --tokens-file docker/dev-tokens.txt` on a free port."""
@@ -43,14 +62,7 @@ def gd_serve():
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        while True:  # ready when the port answers; a server that exits shows its stderr
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read()
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
+        yield GdServe(proc, port)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -60,17 +72,33 @@ def gd_serve():
             proc.wait()
 
 
-def run(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
-    """One of the quick start's commands, as installed, in the newcomer's shell."""
+def start(*argv: str, cwd: Path) -> subprocess.Popen:
+    """One of the quick start's commands, as installed, in the newcomer's shell, started."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([str(BIN / argv[0]), *argv[1:]], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=240)  # fmt: skip
-    assert result.returncode == 0, f"{argv}: {result.stderr}"
-    return result
+    return subprocess.Popen([str(BIN / argv[0]), *argv[1:]], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    """A started command's output, once it has exited, successfully."""
+    try:
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:  # timed out (or interrupted): leave no process behind
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, f"{proc.args}: {err}"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    """One of the quick start's commands, run to its end."""
+    return finish(start(*argv, cwd=cwd))
 
 
 @pytest.mark.slow
 def test_sample_upload_score_and_plot(gd_serve, tmp_path):
+    # gd-serve starts meanwhile: its url waits for it (GdServe)
     out = run("gd-synth", "sample", "--out", "runs/sample", cwd=tmp_path).stdout
     assert out == (
         "wrote runs/sample/sample.db3, its ground truth runs/sample/label/ and its reference "
@@ -79,19 +107,21 @@ def test_sample_upload_score_and_plot(gd_serve, tmp_path):
     truth = (tmp_path / "runs" / "sample" / "label" / "sample.txt").read_text().splitlines()
     assert len(truth) >= 6  # 6 scripted actions, and any unscripted transition the script labels
     uploaded = run("gd-upload", "runs/sample/sample.db3", "--camera-id", "sample", "--reference",
-                   "runs/sample/reference/sample.png", "--url", gd_serve, "--token", DEV_TOKEN,
+                   "runs/sample/reference/sample.png", "--url", gd_serve.url, "--token", DEV_TOKEN,
                    "--pred", "runs/pred", cwd=tmp_path)  # fmt: skip
     table = uploaded.stdout.splitlines()
     assert re.fullmatch(r"sample\.db3: \d+ frames 160x120, [\d.]+ s, \d+ clips; model default .*",
                         table[0]), table[0]  # fmt: skip
     detections = len(table) - 2  # the header line and the column titles
     assert f"wrote {detections} detections to runs/pred/sample.txt" in uploaded.stderr
-    scored = run("gd-eval", "--gt", "runs/sample/label", "--pred", "runs/pred", cwd=tmp_path).stdout
+    # Scoring and plotting read the same files and write nothing the other reads: side by side.
+    scoring = start("gd-eval", "--gt", "runs/sample/label", "--pred", "runs/pred", cwd=tmp_path)
+    plotting = start("gd-eval", "plot", "--gt", "runs/sample/label", "--pred", "runs/pred",
+                     "--video", "sample", "--classes", str(ROOT / "models/default/model.json"),
+                     "--out", "runs/timeline.png", cwd=tmp_path)  # fmt: skip
+    scored, plotted = finish(scoring).stdout, finish(plotting).stdout
     assert scored.startswith("PKU-MMD detection protocol: 1 videos (0 without a detection file)")
     assert f"{len(truth)} instances, {detections} detections" in scored.splitlines()[0]
-    plotted = run("gd-eval", "plot", "--gt", "runs/sample/label", "--pred", "runs/pred", "--video",
-                  "sample", "--classes", str(ROOT / "models/default/model.json"), "--out",
-                  "runs/timeline.png", cwd=tmp_path).stdout  # fmt: skip
     assert re.fullmatch(
         rf"wrote runs/timeline.png: \d+ of {detections} detections hit, \d+ of {len(truth)} true "
         r"actions found \(tIoU >= 0.5\)\n", plotted,
@@ -101,7 +131,7 @@ def test_sample_upload_score_and_plot(gd_serve, tmp_path):
 
 @pytest.mark.slow
 def test_stream_synth_prints_the_truth_beside_each_detection(gd_serve, tmp_path):
-    out = run("gd-stream", "synth", "--url", gd_serve.replace("http", "ws") + "/v1/stream",
+    out = run("gd-stream", "synth", "--url", gd_serve.url.replace("http", "ws") + "/v1/stream",
               "--token", DEV_TOKEN, "--actions", "3", "--width", "64", "--height", "64",
               "--fast", cwd=tmp_path).stdout.splitlines()  # fmt: skip
     ends = [line for line in out if " end " in line]

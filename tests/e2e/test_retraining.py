@@ -13,13 +13,13 @@ writes whole); the reload request is tests/server/test_reload.py's."""
 import dataclasses
 import json
 
-import httpx
 import pytest
 
 from clients import stream
 from core.bundle import load_bundle
 from core.recording_labels import main as labels_main
 from tests.helpers.live import ADMIN, TOKEN, reload
+from tests.helpers.loopback import http
 from tests.helpers.retraining import MODEL
 
 NEW = "leaves bed"  # the site's label the starting model lacks (test_finetune's `site`)
@@ -54,13 +54,13 @@ def test_site_recordings_retrain_and_hot_reload_into_a_streaming_server(
     # A real server on loopback, started on the starting bundle, with an admin token.
     settings = dataclasses.replace(test_settings, model=bundle, admin_tokens=(ADMIN,))
     live = make_server(settings)
-    card = httpx.get(f"{live.url}/v1/model", headers={"Authorization": f"Bearer {TOKEN}"})
+    card = http.get(f"{live.url}/v1/model", headers={"Authorization": f"Bearer {TOKEN}"})
     assert card.json()["version"] == start.version and NEW not in card.json()["classes"]
     answer = reload(live, site_model)
     assert answer.status_code == 200, answer.text
     assert answer.json()["model"] == {"name": tuned.name, "version": tuned.version}
     assert answer.json()["previous"] == {"name": start.name, "version": start.version}
-    card = httpx.get(f"{live.url}/v1/model", headers={"Authorization": f"Bearer {TOKEN}"})
+    card = http.get(f"{live.url}/v1/model", headers={"Authorization": f"Bearer {TOKEN}"})
     assert card.json()["version"] == tuned.version
     assert card.json()["classes"] == list(tuned.classes)
 

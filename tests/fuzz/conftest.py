@@ -1,5 +1,5 @@
-"""One `gd-serve` subprocess for the whole fuzz run, a healthy stream beside it, and the
-run's figures at the end (tiers: tests/fuzz/harness.py)."""
+"""One `gd-serve` subprocess for the whole fuzz run (this package's tests), a healthy stream
+beside it, and the run's figures at the end (tiers: tests/fuzz/harness.py)."""
 
 import pytest
 
@@ -8,7 +8,10 @@ from tests.fuzz.corpus import record_seed
 from tests.helpers.tiny_bundle import make_bundle
 
 
-@pytest.fixture(scope="session")
+# The fuzz run's, and no longer: the package's tests run together (one xdist work unit,
+# tests/conftest.py), and a server scoring the healthy stream for the rest of the suite would
+# take a core's share from every test after them.
+@pytest.fixture(scope="package")
 def fuzz_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     bundle = make_bundle(root / "tiny")

@@ -214,7 +214,7 @@ class ServerProcess:
         while not self.healthy(timeout=1.0):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"gd-serve did not start; see {self.log_path}")
-            time.sleep(0.1)
+            time.sleep(0.02)  # a refused connection answers at once: polling is cheap
 
     @property
     def url(self) -> str:
@@ -465,7 +465,7 @@ def _jsonable(value: Any) -> Any:
 
 
 class HealthyStream:
-    """tests/fuzz/healthy.py in a subprocess, streaming into `server` for the whole run."""
+    """tests/fuzz/healthy.py in a subprocess, streaming into `server` for the whole fuzz run."""
 
     def __init__(self, server: ServerProcess, figures_path: Path) -> None:
         self.path = figures_path

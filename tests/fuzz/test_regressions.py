@@ -167,11 +167,7 @@ def test_stopping_the_server_ends_its_recording_decoders(fuzz_server, tmp_path):
     (one ran 28 minutes after its server had gone), and its two spool files behind. Stopping
     the server must end its decoders and remove their files, and answer the upload waiting on
     one 503 `shutting_down` (it was cut off with a 500 after uvicorn's graceful 5 s)."""
-    settings = dataclasses.replace(
-        harness.server_settings(fuzz_server.settings.model, tmp_path),
-        decode_timeout_s=300.0,  # the decoder is still running when the server stops
-    )
-    server = harness.ServerProcess(settings, tmp_path / "server.log")
+    server = _server_of_stuck_decoders(fuzz_server, tmp_path)
     answers: list = []
     sender = threading.Thread(target=_upload_quietly, args=(server, answers), daemon=True)
     try:
@@ -192,10 +188,7 @@ def test_stopping_the_server_ends_its_recording_decoders(fuzz_server, tmp_path):
 def test_a_killed_server_takes_its_recording_decoders_with_it(fuzz_server, tmp_path):
     """`kill -9` gives the server no shutdown to kill its decoders in: the kernel must
     (PR_SET_PDEATHSIG in the decoder), or a decoder stuck in librealsense runs on."""
-    settings = dataclasses.replace(
-        harness.server_settings(fuzz_server.settings.model, tmp_path), decode_timeout_s=300.0
-    )
-    server = harness.ServerProcess(settings, tmp_path / "server.log")
+    server = _server_of_stuck_decoders(fuzz_server, tmp_path)
     sender = threading.Thread(target=_upload_quietly, args=(server,), daemon=True)
     try:
         sender.start()
@@ -208,6 +201,16 @@ def test_a_killed_server_takes_its_recording_decoders_with_it(fuzz_server, tmp_p
         assert not harness.reap(decoders), "a decoder outlived its server's SIGKILL"
     finally:
         server.stop()
+
+
+def _server_of_stuck_decoders(fuzz_server, tmp_path: Path) -> harness.ServerProcess:
+    """A gd-serve of its own (the test ends it) whose decoders are still running when it
+    ends."""
+    settings = dataclasses.replace(
+        harness.server_settings(fuzz_server.settings.model, tmp_path),
+        decode_timeout_s=300.0,  # the decoder is still running when the server ends
+    )
+    return harness.ServerProcess(settings, tmp_path / "server.log")
 
 
 def _in_librealsense(pids: list[int]) -> bool:

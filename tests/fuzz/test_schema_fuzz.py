@@ -21,7 +21,7 @@ from tests.fuzz.harness import AUTH, fuzz_settings
 pytestmark = pytest.mark.slow  # every test talks to the run's gd-serve subprocess
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def operations(fuzz_server):
     schema = schemathesis.openapi.from_url(f"{fuzz_server.url}/openapi.json")
     # The live feed (Server-Sent Events) never ends: a request-response fuzzer can only time

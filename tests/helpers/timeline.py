@@ -6,9 +6,11 @@ Each process of the run (the one pytest process, or each xdist worker and the co
 writes `DIR/<worker>.jsonl`: one line a test, `[nodeid, start, end, cpu_s, children_cpu_s]`
 (seconds on the monotonic clock; the CPU seconds of the process, and of the child processes
 it waited for, spent in the test's setup, call and teardown). The controller writes
-`DIR/session.json` with the run's start and end. `bench/suite_timeline.py DIR` reads them:
-where the suite's time goes, and how much of it the workers spent waiting rather than
-computing (docs/testing.md, "The suite's time").
+`DIR/session.json` with the run's start and end, and each process `DIR/<worker>.json` with
+its CPU seconds in all (what its tests did not spend went to collecting the suite, pytest's own
+work and the session's teardown; under xdist, `main.json` is the controller's).
+`bench/suite_timeline.py DIR` reads them: where the suite's time goes, and how much of it the
+workers spent waiting rather than computing (docs/testing.md, "The suite's time").
 
 Times are on the machine's monotonic clock, which its processes share, not the wall clock: one
 run here saw the wall clock move 53 s more than the monotonic one in the middle of the run
@@ -55,15 +57,26 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     folder = _folder(session.config)
     if folder is not None and not _is_worker(session.config):
         folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob("*.jsonl"):  # a previous run's
+        for old in [*folder.glob("*.jsonl"), *folder.glob("*.json")]:  # a previous run's
             old.unlink()
         session.config.stash[_START] = (time.monotonic(), time.time())
+
+
+def _name(config: pytest.Config) -> str:
+    return getattr(config, "workerinput", {}).get("workerid", "main")
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     folder = _folder(session.config)
-    if folder is None or _is_worker(session.config):
+    if folder is None:
+        return
+    # the process's CPU seconds in all: beyond its tests', collecting the suite, pytest's own
+    # work between tests and the session's teardown (under xdist "main" is the controller)
+    own, children = cpu_seconds()
+    totals = {"cpu_s": own, "children_cpu_s": children}
+    (folder / f"{_name(session.config)}.json").write_text(json.dumps(totals) + "\n")
+    if _is_worker(session.config):
         return
     start, wall_start = session.config.stash[_START]
     record = {
@@ -86,7 +99,6 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     result = yield
     end, (own_after, children_after) = time.monotonic(), cpu_seconds()
     row = [item.nodeid, start, end, own_after - own, children_after - children]
-    name = getattr(item.config, "workerinput", {}).get("workerid", "main")
-    with open(folder / f"{name}.jsonl", "a") as f:
+    with open(folder / f"{_name(item.config)}.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
     return result

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from server.cli import WS_MARGIN, main, uvicorn_config
+from server.events.store import EventStore, database_url
 from server.settings import Settings
 from tests.helpers.loopback import http
 
@@ -47,21 +48,42 @@ def _ctrl_c_works() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+# What a start with the event store on, and no alert rules or MQTT, leaves unimported: each
+# is imported where a configuration uses it (docs/server.md, "Start-up cost").
+NOT_AT_START = ("alembic", "httpx", "paho", "yaml", "sqlalchemy.dialects.postgresql")
+
+
+def imported(output: str) -> set[str]:
+    """The modules a process imported, from its `-X importtime` lines."""
+    return {
+        line.rpartition("|")[2].strip()
+        for line in output.splitlines()
+        if line.startswith("import time:")
+    }
+
+
 @pytest.mark.slow  # a gd-serve process: 3-4 CPU s of imports
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])  # SIGINT: Ctrl-C on make run
-def test_serves_from_the_command_line(tiny_bundle, tmp_path, stop):
+@pytest.mark.parametrize(
+    "stop, store",
+    [(signal.SIGTERM, "empty"), (signal.SIGINT, "current")],  # SIGINT: Ctrl-C on make run
+    ids=["SIGTERM-empty-store", "SIGINT-current-store"],
+)
+def test_serves_from_the_command_line(tiny_bundle, tmp_path, stop, store):
+    if store == "current":  # a restart: the event store is at the newest schema already
+        EventStore.open(database_url(str(tmp_path / "events.db"))).close()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     tokens = tmp_path / "tokens"
     tokens.write_text("cli-token\n")
     env = {**os.environ, "GD_MAX_STREAMS": "3", "GD_THREADS": "1", "GD_DATA_DIR": str(tmp_path)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "--model", str(tiny_bundle.root),
-         "--port", str(port), "--tokens-file", str(tokens)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        preexec_fn=_ctrl_c_works,
-    )  # fmt: skip
+    log = tmp_path / "output"  # a file, not a pipe: nothing blocks the server while unread
+    with log.open("w") as output:
+        proc = subprocess.Popen(
+            [sys.executable, "-X", "importtime", "-m", "server.cli",
+             "--model", str(tiny_bundle.root), "--port", str(port), "--tokens-file", str(tokens)],
+            env=env, stdout=output, stderr=subprocess.STDOUT, preexec_fn=_ctrl_c_works,
+        )  # fmt: skip
     try:
         deadline = time.monotonic() + 240  # only against a hang: a loaded machine starts slowly
         while True:
@@ -69,7 +91,7 @@ def test_serves_from_the_command_line(tiny_bundle, tmp_path, stop):
                 r = http.get(f"http://127.0.0.1:{port}/readyz")
                 break
             except httpx.ConnectError:
-                assert proc.poll() is None, proc.stdout.read()  # it exited: its output says why
+                assert proc.poll() is None, log.read_text()  # it exited: its output says why
                 assert time.monotonic() < deadline, "gd-serve did not start listening"
                 time.sleep(0.05)
         assert r.json()["max_streams"] == 3  # from the environment
@@ -80,7 +102,8 @@ def test_serves_from_the_command_line(tiny_bundle, tmp_path, stop):
         assert r.status_code == 400 and r.json()["error"]["code"] == "token_in_url"
     finally:
         proc.send_signal(stop)
-        out = proc.communicate(timeout=20)[0]
+        proc.wait(timeout=20)
+    out = log.read_text()
     # uvicorn shuts down gracefully, then re-raises the signal it caught: SIGTERM ends the
     # process, SIGINT becomes a KeyboardInterrupt that gd-serve turns into a quiet exit 130
     assert proc.returncode == {signal.SIGTERM: -signal.SIGTERM, signal.SIGINT: 130}[stop], out
@@ -88,6 +111,10 @@ def test_serves_from_the_command_line(tiny_bundle, tmp_path, stop):
     assert "Finished server process" in out
     assert "cli-token" not in out
     assert '"GET /v1/model?token=*** HTTP/1.1" 400' in out
+    modules = imported(out)
+    assert {"server.app", "sqlalchemy", "server.events.store"} <= modules  # the store is on
+    late = {m for m in modules for name in NOT_AT_START if m == name or m.startswith(name + ".")}
+    assert late == set()
 
 
 def test_uvicorn_reads_messages_past_the_servers_own_limit(tiny_bundle):

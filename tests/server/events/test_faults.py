@@ -21,7 +21,7 @@ import pytest
 from server.cli import main
 from server.events.delivery import message_id
 from server.events.rules import AlertRules
-from server.events.store import Backlog, EventFilter, EventStore, database_url
+from server.events.store import CLAIM, Backlog, EventFilter, EventStore, database_url
 from server.events.types import EventRecord
 from tests.helpers.live import TOKEN
 from tests.helpers.loopback import http
@@ -50,10 +50,11 @@ class StoreOutbox(EventStore):
 
 @pytest.mark.slow  # over a second (docs/testing.md, "The suite's time")
 def test_a_receiver_down_for_a_while_gets_every_alert_then_in_order_per_camera(store_url, tmp_path):
-    # The receiver answers 503 to its first requests, the last of them asking for 5 minutes'
-    # rest (Retry-After): longer than the store lends the alerts behind the failing one
-    # (store.CLAIM), so those come due while the first of their camera still waits.
-    down_for, rest_s = 10, 300
+    # The receiver answers 503 to its first requests, the last of them asking for a rest
+    # (Retry-After) of twice as long as the store lends the alerts behind the failing one
+    # (store.CLAIM), so those come due while the first of their camera still waits. (No
+    # longer: the deliverer polls the store every fake POLL_S second of it.)
+    down_for, rest_s = 10, int(2 * CLAIM.total_seconds())
     backoff, cap = 1.0, 8.0
     clock = Clock()
     answers = [(503, {})] * (down_for - 1) + [(503, {"Retry-After": str(rest_s)})]

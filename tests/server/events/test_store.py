@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -12,9 +13,10 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 from server.events.rules import AlertRules, RulesFile
-from server.events.schema import metadata
+from server.events.schema import REVISION, metadata
 from server.events.store import (
     CLAIM,
     MIGRATIONS,
@@ -54,19 +56,62 @@ def store(store_url):
     s.close()
 
 
-def test_migrations_create_the_schema_from_empty(store_url):
-    url = database_url(store_url)
-    store = EventStore.open(url)
-    with store.engine.connect() as connection:
-        diff = compare_metadata(MigrationContext.configure(connection), metadata)
+def upgrade(url: str, revision: str) -> None:
+    """Run alembic's migrations on the database at `url`, up to `revision`."""
+    engine = sa.create_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+    engine.dispose()
+
+
+def schema_of(url: str) -> dict[str, Any]:
+    """Each table's columns, keys, indexes and constraints, as the database describes them
+    (columns by name: a migration that adds one puts it last)."""
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        db = sa.inspect(connection)
+        schema = {
+            table: (
+                sorted((c["name"], str(c["type"]), c["nullable"], c["default"])
+                       for c in db.get_columns(table)),
+                db.get_pk_constraint(table),
+                sorted(db.get_foreign_keys(table), key=lambda k: k["constrained_columns"]),
+                sorted(db.get_indexes(table), key=lambda i: i["name"]),
+                sorted(db.get_unique_constraints(table), key=lambda c: c["column_names"]),
+                sorted(db.get_check_constraints(table), key=lambda c: c["sqltext"]),
+            )
+            for table in db.get_table_names()
+        }  # fmt: skip
         version = connection.execute(sa.text("SELECT version_num FROM alembic_version")).all()
-    assert diff == []  # the migrations make exactly server/events/schema.py's tables
-    assert version == [("0003",)]  # the newest migration
+        diff = compare_metadata(MigrationContext.configure(connection), metadata)
+    engine.dispose()
+    return {"tables": schema, "version": version, "diff from schema.py": diff}
+
+
+def test_an_empty_database_gets_the_schema_the_migrations_make(store_url, request, tmp_path):
+    url = database_url(store_url)
+    other = "postgres" if url.startswith("postgresql") else None
+    migrated = database_url(
+        request.getfixturevalue(other).empty_database() if other else str(tmp_path / "m.db")
+    )
+    upgrade(migrated, "head")
+    by_migrations = schema_of(migrated)
+    assert by_migrations["diff from schema.py"] == []  # exactly server/events/schema.py's
+    assert by_migrations["version"] == [(REVISION,)]
+    store = EventStore.open(url)  # an empty database: made without the migrations
     store.add_event(record(1), T0)
     store.close()
+    assert schema_of(url) == by_migrations
     again = EventStore.open(url)  # a second start migrates nothing and keeps the data
     assert again.get("ev-001") == record(1)
     again.close()
+
+
+def test_the_schemas_revision_is_alembics_head():
+    assert REVISION == ScriptDirectory(str(MIGRATIONS)).get_current_head()
 
 
 def test_a_database_of_a_newer_schema_is_refused_with_its_url(store_url):
@@ -338,12 +383,9 @@ def test_an_event_is_flagged_alerted_with_its_first_alert_and_the_filter_lists_t
 
 def test_migration_0002_flags_the_events_that_have_deliveries(store_url):
     url = database_url(store_url)
+    upgrade(url, "0001")  # a store of the first schema, with one alert owed
     engine = sa.create_engine(url)
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:  # a store of the first schema, with one alert owed
-        config.attributes["connection"] = connection
-        command.upgrade(config, "0001")
+    with engine.begin() as connection:
         for n in range(2):
             connection.execute(sa.insert(metadata.tables["events"]).values(_event_row(record(n))))
         connection.execute(

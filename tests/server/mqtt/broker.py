@@ -19,6 +19,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 WAIT_S = 20  # how long to wait for something to arrive before a test fails
+# paho's reconnect delay in the tests (paho takes float seconds; the settings' whole seconds
+# are for people): a test waits this long for a reconnect after a broker restart, and for
+# paho's thread to end when it sleeps between attempts (`loop_stop`).
+RECONNECT_S = 0.05
 
 
 def mosquitto_binary() -> str | None:
@@ -107,7 +111,7 @@ class Subscriber:
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *_: self._notify()
         self.subscribed = False
-        self.client.reconnect_delay_set(1, 1)
+        self.client.reconnect_delay_set(RECONNECT_S, RECONNECT_S)
         self.client.connect_async("127.0.0.1", port, 30)
         self.client.loop_start()
         self.wait(lambda: self.subscribed, "the subscription")

@@ -18,7 +18,14 @@ from core.events import ActionEnd, ActionStart, Score, Scores
 from core.wire import Hello
 from server.events.mqtt import MqttConfig, MqttConfigError, MqttPublisher, topic_id
 from tests.helpers.streams import TS, stream
-from tests.server.mqtt.broker import WAIT_S, Broker, Subscriber, free_port, self_signed_certificate
+from tests.server.mqtt.broker import (
+    RECONNECT_S,
+    WAIT_S,
+    Broker,
+    Subscriber,
+    free_port,
+    self_signed_certificate,
+)
 
 ROOT = Path(__file__).parents[3]
 MODEL = {"name": "tiny", "version": "7"}
@@ -168,7 +175,10 @@ def test_messages_published_while_the_broker_is_down_arrive_after_it_returns(bro
     live = Subscriber(broker.port, ["gd/+/events", "gd/status"], "gd-test-sub", clean=False)
     clock = Clock()
     publisher = MqttPublisher(
-        config(broker.port, reconnect_min_s=1, reconnect_max_s=1, discovery=False), now=clock
+        config(
+            broker.port, reconnect_min_s=RECONNECT_S, reconnect_max_s=RECONNECT_S, discovery=False
+        ),
+        now=clock,
     )
     publisher.start()
     wait_connected(publisher)
@@ -186,8 +196,11 @@ def test_messages_published_while_the_broker_is_down_arrive_after_it_returns(bro
 
 
 def test_a_full_queue_drops_new_messages_and_counts_them(tmp_path):
-    # No broker listens: every QoS 1 message waits in paho's queue, which holds two.
-    publisher = MqttPublisher(config(free_port(), max_queued=2, discovery=False))
+    # No broker listens: every QoS 1 message waits in paho's queue, which holds two. (A quick
+    # reconnect: `close` waits for paho's thread, which sleeps out its reconnect delay.)
+    publisher = MqttPublisher(
+        config(free_port(), max_queued=2, discovery=False, reconnect_min_s=RECONNECT_S)
+    )
     publisher.start()
 
     async def run() -> None:
