@@ -153,10 +153,15 @@ def proc_status(pid: int, key: str) -> int:
 
 
 def descendants(pid: int) -> list[int]:
-    """The processes `pid` started, and theirs (from /proc)."""
+    """The processes `pid` started, and theirs (from /proc). A process that exits meanwhile (a
+    recording decoder finishing) has none: its /proc folder goes while it is read."""
     out, todo = [], [pid]
     while todo:
-        for task in Path(f"/proc/{todo.pop()}/task").glob("*/children"):
+        try:
+            tasks = list(Path(f"/proc/{todo.pop()}/task").glob("*/children"))
+        except OSError:
+            continue
+        for task in tasks:
             try:
                 children = [int(c) for c in task.read_text().split()]
             except OSError:
